@@ -1,0 +1,31 @@
+"""Numeric policy shared by every kernel.
+
+``FASTMATH`` allows reassociation (so dot products vectorize) and FMA
+contraction, but never ``nnan``/``ninf``: kernels rely on IEEE NaN/inf
+semantics for divergence detection and saturated sigmoids.
+"""
+
+FASTMATH = frozenset({"reassoc", "contract", "nsz"})
+
+# Rows processed together by the dense kernels (register blocking: each
+# weight loaded from cache is used for ROW_BLOCK rows).
+ROW_BLOCK = 4
+
+# Forward mode and stored trajectories refuse to allocate more than this.
+MAX_TRAJECTORY_BYTES = 8 * 1024**3
+
+# Row chunks per parallel pass; 0 means one per Numba thread.
+NCHUNKS = 0
+
+
+def _reset():
+    """Restore the defaults (used by tests that patch this module)."""
+    global FASTMATH, ROW_BLOCK, MAX_TRAJECTORY_BYTES, NCHUNKS
+    FASTMATH = frozenset({"reassoc", "contract", "nsz"})
+    ROW_BLOCK = 4
+    MAX_TRAJECTORY_BYTES = 8 * 1024**3
+    NCHUNKS = 0
+
+# The inner loop is declared divergent when g(w_t) is not finite or exceeds
+# g(w_0) by more than DIVERGENCE_GROWTH · (|g(w_0)| + 1).
+DIVERGENCE_GROWTH = 1e6

@@ -1,0 +1,103 @@
+"""Per-row loss derivatives, evaluated in the numerically stable way.
+
+Model codes and hyperparameter-map codes are plain integers so that kernels
+take scalars only. ``z`` is the margin (c = 1) or the logit vector (c > 1).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .. import config
+
+LINEAR = 0
+LOGISTIC = 1
+MULTINOMIAL = 2
+
+SAMPLE_WEIGHTS = 0
+FEATURE_L2 = 1
+L2 = 2
+BIASED_L2 = 3
+INIT = 4
+
+_FM = set(config.FASTMATH)
+
+
+@njit(cache=True, fastmath=_FM)
+def sigmoid(t):
+    """σ(t) without overflow for any finite t."""
+    if t >= 0.0:
+        return 1.0 / (1.0 + math.exp(-t))
+    e = math.exp(t)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, fastmath=_FM)
+def softplus(t):
+    """log(1 + e^t) without overflow: max(t, 0) + log1p(e^{-|t|})."""
+    return max(t, 0.0) + math.log1p(math.exp(-abs(t)))
+
+
+@njit(cache=True, fastmath=_FM)
+def sigmoid_prime(t):
+    """σ(t)σ(-t) = e^{-|t|} / (1 + e^{-|t|})², finite and accurate for |t| large."""
+    e = math.exp(-abs(t))
+    q = 1.0 + e
+    return e / (q * q)
+
+
+@njit(cache=True, fastmath=_FM)
+def row_derivs(model, yi, z, u, want_h, dl, hu):
+    """Loss ℓ(z; y) of one row; fills dl = ℓ'(z) and, if want_h, hu = ℓ''(z) u.
+
+    linear: ½(z−y)²; logistic (y = ±1): log(1+e^{−yz});
+    multinomial (y = class index): logsumexp(z) − z_y.
+    """
+    if model == LINEAR:
+        r = z[0] - yi
+        dl[0] = r
+        if want_h:
+            hu[0] = u[0]
+        return 0.5 * r * r
+    elif model == LOGISTIC:
+        t = -yi * z[0]
+        dl[0] = -yi * sigmoid(t)
+        if want_h:
+            hu[0] = sigmoid_prime(z[0]) * u[0]
+        return softplus(t)
+    else:
+        c = z.shape[0]
+        zmax = z[0]
+        for k in range(1, c):
+            if z[k] > zmax:
+                zmax = z[k]
+        s = 0.0
+        for k in range(c):
+            e = math.exp(z[k] - zmax)
+            dl[k] = e
+            s += e
+        inv = 1.0 / s
+        ky = int(yi)
+        pu = 0.0
+        for k in range(c):
+            dl[k] *= inv
+            pu += dl[k] * u[k]
+        if want_h:
+            for k in range(c):
+                hu[k] = dl[k] * (u[k] - pu)
+        loss = zmax + math.log(s) - z[ky]
+        dl[ky] -= 1.0
+        return loss
+
+
+@njit(cache=True, fastmath=_FM)
+def weight_of(a, i, inv_n):
+    """a_i / n, where an empty ``a`` means all weights are one."""
+    if a.shape[0] == 0:
+        return inv_n
+    return a[i] * inv_n
+
+
+def curvature_bound(model):
+    """sup over z of the largest eigenvalue of ℓ''(z)."""
+    return {LINEAR: 1.0, LOGISTIC: 0.25, MULTINOMIAL: 0.5}[model]

@@ -1,0 +1,186 @@
+"""The fused oracle pass: value, ∇_w g, H v and the per-row cross term in one
+pass over X, plus the (cheap, O(dim w)) regularizer parts of every oracle.
+
+Data is passed as ``(X, indptr, indices, data)``: a dense problem has
+``indptr`` empty, a CSR problem has ``X`` of shape (0, 0). Weights are held
+as ``W`` of shape (c, d) (c = 1 for linear and logistic models).
+"""
+import numpy as np
+from numba import njit, prange
+
+from .. import config
+from ._rowmath import (BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS,
+                       row_derivs, weight_of)
+from .csr import _axpy_row_csr, _dots_csr
+from .dense import _axpy_row_dense, _dots_dense
+
+_FM = set(config.FASTMATH)
+
+
+@njit(cache=True, fastmath=_FM)
+def _rows(X, indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
+          want_hvp, inv_n, G, HV, cross):
+    """Accumulate over rows lo..hi: returns Σ (a_i/n) ℓ(z_i);
+    G += Σ (a_i/n) ℓ'(z_i) ⊗ x_i (if want_grad);
+    HV += Σ (a_i/n) ℓ''(z_i) u_i ⊗ x_i and cross[i] = ℓ'(z_i)·u_i / n
+    (if want_hvp; cross only when it has length n)."""
+    sparse = indptr.shape[0] > 0
+    c = W.shape[0]
+    z = np.empty(c)
+    u = np.zeros(c)
+    dl = np.empty(c)
+    hu = np.empty(c)
+    coef = np.empty(c)
+    val = 0.0
+    for i in range(lo, hi):
+        if sparse:
+            _dots_csr(indptr, indices, data, i, W, z)
+            if want_hvp:
+                _dots_csr(indptr, indices, data, i, V, u)
+        else:
+            _dots_dense(X, i, W, z)
+            if want_hvp:
+                _dots_dense(X, i, V, u)
+        li = row_derivs(model, y[i], z, u, want_hvp, dl, hu)
+        wi = weight_of(a, i, inv_n)
+        val += wi * li
+        if want_grad:
+            for k in range(c):
+                coef[k] = wi * dl[k]
+            if sparse:
+                _axpy_row_csr(indptr, indices, data, i, coef, G)
+            else:
+                _axpy_row_dense(X, i, coef, G)
+        if want_hvp:
+            if cross.shape[0] > 0:
+                s = 0.0
+                for k in range(c):
+                    s += dl[k] * u[k]
+                cross[i] = s * inv_n
+            for k in range(c):
+                coef[k] = wi * hu[k]
+            if sparse:
+                _axpy_row_csr(indptr, indices, data, i, coef, HV)
+            else:
+                _axpy_row_dense(X, i, coef, HV)
+    return val
+
+
+@njit(cache=True)
+def _chunk_bounds(indptr, n, nchunks):
+    """Row boundaries of nchunks contiguous chunks: equal rows for dense data,
+    equal nonzeros for CSR data."""
+    b = np.empty(nchunks + 1, dtype=np.int64)
+    b[0] = 0
+    b[nchunks] = n
+    if indptr.shape[0] > 0:
+        nnz = indptr[n]
+        for t in range(1, nchunks):
+            r = np.searchsorted(indptr, (nnz * t) // nchunks)
+            b[t] = min(max(r, b[t - 1]), n)
+    else:
+        for t in range(1, nchunks):
+            b[t] = (n * t) // nchunks
+    return b
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def oracle_pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                want_hvp, G, HV, cross, nchunks):
+    """One parallel pass over the rows of X at the point W (and direction V).
+
+    Returns the data part of the objective, (1/n) Σ a_i ℓ(x_iᵀW; y_i), and
+    overwrites, as requested, G with (1/n) Σ a_i ℓ'(z_i) ⊗ x_i, HV with
+    (1/n) Σ a_i ℓ''(z_i)(V x_i) ⊗ x_i and cross (if of length n) with
+    ℓ'(z_i)·(V x_i)/n. ``a`` holds the per-sample weights a_i (empty: all 1).
+    The rows are split into ``nchunks`` contiguous chunks (equal rows, or
+    equal nonzeros for CSR) run in parallel, each reducing into its own
+    buffer; the buffers are summed in chunk order at the end, so the result
+    depends on ``nchunks`` but not on the number of threads running them.
+    """
+    n = y.shape[0]
+    c, d = W.shape
+    nchunks = max(1, min(nchunks, n))
+    bounds = _chunk_bounds(indptr, n, nchunks)
+    gb = np.zeros((nchunks, c, d) if want_grad else (nchunks, 0, 0))
+    hb = np.zeros((nchunks, c, d) if want_hvp else (nchunks, 0, 0))
+    vals = np.zeros(nchunks)
+    inv_n = 1.0 / n
+    for t in prange(nchunks):
+        vals[t] = _rows(X, indptr, indices, data, bounds[t], bounds[t + 1], y,
+                        a, model, W, V, want_grad, want_hvp, inv_n, gb[t],
+                        hb[t], cross)
+    if want_grad:
+        _sum_buffers(gb, G)
+    if want_hvp:
+        _sum_buffers(hb, HV)
+    return vals.sum()
+
+
+@njit(cache=True, fastmath=_FM)
+def _sum_buffers(buf, out):
+    """out = Σ_t buf[t] (the serial merge of the per-thread buffers)."""
+    out[:] = buf[0]
+    for t in range(1, buf.shape[0]):
+        out += buf[t]
+
+
+@njit(cache=True, fastmath=_FM)
+def reg_value(rdiag, prior, W):
+    """r(W) = ½ Σ_j rdiag_j ‖W[:, j] − P[:, j]‖² (P = prior, or 0 if empty)."""
+    c, d = W.shape
+    has_prior = prior.shape[0] > 0
+    s = 0.0
+    for k in range(c):
+        for j in range(d):
+            e = W[k, j] - prior[k, j] if has_prior else W[k, j]
+            s += rdiag[j] * e * e
+    return 0.5 * s
+
+
+@njit(cache=True, fastmath=_FM)
+def reg_grad_add(rdiag, prior, W, G):
+    """G += ∇r(W) = rdiag ⊙ (W − P)."""
+    c, d = W.shape
+    has_prior = prior.shape[0] > 0
+    for k in range(c):
+        for j in range(d):
+            e = W[k, j] - prior[k, j] if has_prior else W[k, j]
+            G[k, j] += rdiag[j] * e
+
+
+@njit(cache=True, fastmath=_FM)
+def reg_hvp_add(rdiag, V, HV):
+    """HV += ∇²r V = rdiag ⊙ V."""
+    c, d = V.shape
+    for k in range(c):
+        for j in range(d):
+            HV[k, j] += rdiag[j] * V[k, j]
+
+
+@njit(cache=True, fastmath=_FM)
+def cross_add(hyper, rdiag, da, W, V, cross, scale, h):
+    """h += scale · J(W) V, J(w)v = ∇_λ(∇_w g(w, λ)ᵀ v), for each map:
+    sample_weights: σ'(λ_i) ℓ'(z_i)·u_i / n (``cross`` from the pass, ``da`` = σ'(λ));
+    feature_l2: e^{λ_j}⟨w_j, v_j⟩; l2: e^λ⟨w, v⟩; biased_l2: −μ v; init: 0.
+    """
+    c, d = W.shape
+    if hyper == SAMPLE_WEIGHTS:
+        for i in range(cross.shape[0]):
+            h[i] += scale * da[i] * cross[i]
+    elif hyper == FEATURE_L2:
+        for j in range(d):
+            s = 0.0
+            for k in range(c):
+                s += W[k, j] * V[k, j]
+            h[j] += scale * rdiag[j] * s
+    elif hyper == L2:
+        s = 0.0
+        for k in range(c):
+            for j in range(d):
+                s += W[k, j] * V[k, j]
+        h[0] += scale * rdiag[0] * s
+    elif hyper == BIASED_L2:
+        for k in range(c):
+            for j in range(d):
+                h[k * d + j] -= scale * rdiag[j] * V[k, j]

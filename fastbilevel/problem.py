@@ -1,0 +1,260 @@
+"""BilevelProblem: validated data, models and hyperparameter maps (DESIGN §2)."""
+import warnings
+
+import numpy as np
+
+from . import _checks
+from ._parallel import nchunks
+from . import kernels as K
+from .kernels._rowmath import curvature_bound
+
+MODELS = {"linear": K.LINEAR, "logistic": K.LOGISTIC, "multinomial": K.MULTINOMIAL}
+HYPERS = {"sample_weights": K.SAMPLE_WEIGHTS, "feature_l2": K.FEATURE_L2,
+          "l2": K.L2, "biased_l2": K.BIASED_L2, "init": K.INIT}
+_DEFAULT_REG = {"sample_weights": 1e-3, "init": 1e-3, "biased_l2": 1.0}
+
+
+def _sigmoid(x):
+    """σ(x) elementwise without overflow."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+class HyperParams:
+    """λ translated into what the kernels take: per-sample weights ``a`` and
+    σ'(λ) ``da`` (empty unless ``sample_weights``), the per-feature ridge
+    diagonal ``rdiag`` (length d), the prior ``P`` (c, d) of ``biased_l2``
+    (shape (0, 0) otherwise) and the start ``W0`` of ``init`` (else None)."""
+
+    __slots__ = ("a", "da", "rdiag", "prior", "W0")
+
+    def __init__(self, a, da, rdiag, prior, W0):
+        self.a, self.da, self.rdiag, self.prior, self.W0 = a, da, rdiag, prior, W0
+
+
+class BilevelProblem:
+    """A bilevel problem min_λ f(ŵ(λ)), ŵ(λ) from an inner solver on g(·, λ).
+
+    g(w, λ) = (1/n) Σ_i a_i(λ) ℓ(x_iᵀw; y_i) + r(w, λ),
+    f(w)    = (1/m) Σ_j ℓ(x̃_jᵀw; ỹ_j)               (DESIGN §2)
+
+    Parameters
+    ----------
+    model : {"linear", "logistic", "multinomial"}
+        Loss ℓ: least squares, binary logistic (labels ±1; {0, 1} is mapped),
+        softmax cross-entropy (labels 0..c−1).
+    hyper : {"sample_weights", "feature_l2", "l2", "biased_l2", "init"}
+        What λ is: per-sample weights a_i = σ(λ_i) with r = (C/2)‖w‖²;
+        per-feature ridge r = ½ Σ_j e^{λ_j}‖w_j‖²; ridge r = ½e^λ‖w‖²;
+        learned prior r = (μ/2)‖w − λ‖²; learned start w₀ = λ with r = (C/2)‖w‖².
+    X, y : training data, dense array (float32/float64) or scipy.sparse
+        (converted to canonical CSR; a non-canonical CSR matrix is refused).
+    X_val, y_val : validation data, converted to the format of X.
+    reg : float, optional
+        C for ``sample_weights`` and ``init`` (default 1e-3), μ for
+        ``biased_l2`` (default 1.0); unused by ``feature_l2`` and ``l2``.
+    dtype : float32 or float64, optional
+        dtype of the stored data (default: that of X, float64 for integer X).
+        Iterates and accumulators are always float64; float32 halves the
+        bytes read per pass.
+    n_classes : int, optional
+        Number of classes c for ``multinomial`` (default: largest label + 1).
+
+    Weights ``w`` are arrays of shape (d,) (linear, logistic) or (d, c)
+    (multinomial). λ has shape (n,), (d,), () , w's shape, w's shape for the
+    five maps in the order above.
+    """
+
+    def __init__(self, model, hyper, X, y, X_val, y_val, reg=None, dtype=None,
+                 n_classes=None):
+        self.model = _checks.check_choice("model", model, MODELS)
+        self.hyper = _checks.check_choice("hyper", hyper, HYPERS)
+        self._model = MODELS[model]
+        self._hyper = HYPERS[hyper]
+        dt = _checks.check_dtype("dtype", dtype)
+        Xd, ip, ix, xd, sparse, (n, d) = _checks.check_data("X", X, dt)
+        self.dtype = Xd.dtype
+        Vd, vip, vix, vxd, _, (m, _) = _checks.check_data(
+            "X_val", X_val, self.dtype, like_sparse=sparse, n_features=d)
+        self.train = (Xd, ip, ix, xd)
+        self.val = (Vd, vip, vix, vxd)
+        self.sparse = sparse
+        self.n, self.d, self.m = n, d, m
+        self.nnz = int(ip[-1]) if sparse else n * d
+        self.nnz_val = int(vip[-1]) if sparse else m * d
+        self.y = _checks.check_labels("y", y, n, model)
+        self.y_val = _checks.check_labels("y_val", y_val, m, model)
+        if model == "multinomial":
+            top = int(max(self.y.max(), self.y_val.max())) + 1
+            if n_classes is None:
+                n_classes = top
+            n_classes = _checks.check_scalar("n_classes", n_classes, low=2, integer=True)
+            if n_classes < top:
+                raise ValueError(f"n_classes={n_classes} but labels go up to {top - 1}")
+            self.c = n_classes
+        else:
+            if n_classes not in (None, 1):
+                raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")
+            self.c = 1
+        if hyper in _DEFAULT_REG:
+            if reg is None:
+                reg = _DEFAULT_REG[hyper]
+            low_incl = hyper != "biased_l2"
+            self.reg = _checks.check_scalar("reg", reg, low=0.0, low_inclusive=low_incl)
+        else:
+            if reg is not None:
+                warnings.warn(f"reg is unused by hyper={hyper!r} (the strength is e^λ)",
+                              stacklevel=2)
+            self.reg = None
+        self._data_sq_norm = None
+
+    # ---------------------------------------------------------------- layouts
+    @property
+    def w_shape(self):
+        return (self.d,) if self.c == 1 else (self.d, self.c)
+
+    @property
+    def lam_shape(self):
+        return {"sample_weights": (self.n,), "feature_l2": (self.d,), "l2": (),
+                "biased_l2": self.w_shape, "init": self.w_shape}[self.hyper]
+
+    @property
+    def dim_w(self):
+        return self.d * self.c
+
+    @property
+    def dim_lam(self):
+        return int(np.prod(self.lam_shape, dtype=np.int64))
+
+    def _w_in(self, name, w):
+        """Public w (d,) or (d, c) → kernel W (c, d)."""
+        w = _checks.check_vector(name, w, self.w_shape)
+        return np.ascontiguousarray(w.reshape(self.d, self.c).T)
+
+    def _w_out(self, W):
+        return W.T.reshape(self.w_shape).copy()
+
+    def _lam_in(self, lam):
+        """Validate λ and return the kernel-side HyperParams."""
+        shape = self.lam_shape
+        arr = np.asarray(lam)
+        if self.hyper == "l2" and arr.shape == (1,):
+            arr = arr.reshape(())
+        lam = _checks.check_vector("lam", arr, shape)
+        d, c = self.d, self.c
+        empty = np.empty(0)
+        no_prior = np.empty((0, 0))
+        h = self.hyper
+        if h == "sample_weights":
+            return HyperParams(_sigmoid(lam), _sigmoid(lam) * _sigmoid(-lam),
+                               np.full(d, self.reg), no_prior, None)
+        if h in ("feature_l2", "l2"):
+            with np.errstate(over="ignore"):
+                rd = np.exp(lam) * np.ones(d)
+            if not np.all(np.isfinite(rd)):
+                raise ValueError("lam is too large: e^lam overflows")
+            return HyperParams(empty, empty, rd, no_prior, None)
+        Lw = np.ascontiguousarray(lam.reshape(d, c).T)
+        if h == "biased_l2":
+            return HyperParams(empty, empty, np.full(d, self.reg), Lw, None)
+        return HyperParams(empty, empty, np.full(d, self.reg), no_prior, Lw)
+
+    def _lam_out(self, h):
+        """Kernel-order flat hypergradient → shape of λ."""
+        if self.hyper in ("biased_l2", "init"):
+            return h.reshape(self.c, self.d).T.reshape(self.lam_shape).copy()
+        return h.reshape(self.lam_shape).copy()
+
+    # ---------------------------------------------------------------- oracles
+    def _pass(self, data, y, a, W, V, want_grad, want_hvp, cross=None):
+        G = np.empty_like(W)
+        HV = np.empty_like(W)
+        cross = np.empty(0) if cross is None else cross
+        v = K.oracle_pass(*data, y, a, self._model, W, V, want_grad, want_hvp,
+                          G, HV, cross, nchunks())
+        return v, G, HV
+
+    def inner_value(self, w, lam):
+        """g(w, λ)."""
+        W, hp = self._w_in("w", w), self._lam_in(lam)
+        v, _, _ = self._pass(self.train, self.y, hp.a, W, W, False, False)
+        return v + K.reg_value(hp.rdiag, hp.prior, W)
+
+    def inner_grad(self, w, lam):
+        """∇_w g(w, λ), shape of w."""
+        W, hp = self._w_in("w", w), self._lam_in(lam)
+        _, G, _ = self._pass(self.train, self.y, hp.a, W, W, True, False)
+        K.reg_grad_add(hp.rdiag, hp.prior, W, G)
+        return self._w_out(G)
+
+    def hvp(self, w, lam, v):
+        """H(w)v = ∇²_ww g(w, λ) v, shape of w."""
+        W, hp = self._w_in("w", w), self._lam_in(lam)
+        V = self._w_in("v", v)
+        _, _, HV = self._pass(self.train, self.y, hp.a, W, V, False, True)
+        K.reg_hvp_add(hp.rdiag, V, HV)
+        return self._w_out(HV)
+
+    def cross(self, w, lam, v):
+        """J(w)v = ∇_λ(∇_w g(w, λ)ᵀ v), shape of λ."""
+        W, hp = self._w_in("w", w), self._lam_in(lam)
+        V = self._w_in("v", v)
+        cross = np.empty(self.n if self.hyper == "sample_weights" else 0)
+        if cross.shape[0]:
+            self._pass(self.train, self.y, hp.a, W, V, False, True, cross)
+        h = np.zeros(self.dim_lam)
+        K.cross_add(self._hyper, hp.rdiag, hp.da, W, V, cross, 1.0, h)
+        return self._lam_out(h)
+
+    def outer_value(self, w):
+        """f(w) = (1/m) Σ_j ℓ(x̃_jᵀw; ỹ_j)."""
+        W = self._w_in("w", w)
+        return self._pass(self.val, self.y_val, np.empty(0), W, W, False, False)[0]
+
+    def outer_grad(self, w):
+        """∇_w f(w), shape of w."""
+        W = self._w_in("w", w)
+        return self._w_out(self._pass(self.val, self.y_val, np.empty(0), W, W, True, False)[1])
+
+    def outer_grad_lam(self, w, lam):
+        """∇_λ f(w, λ): zero, since f has no direct dependence on λ here."""
+        self._w_in("w", w)
+        self._lam_in(lam)
+        return np.zeros(self.lam_shape)
+
+    # --------------------------------------------------------------- spectrum
+    def data_sq_norm(self, iters=50):
+        """Largest eigenvalue of XᵀX/n (power iteration, cached per problem)."""
+        if self._data_sq_norm is None:
+            rng = np.random.default_rng(0)
+            V = rng.standard_normal((1, self.d))
+            V /= np.linalg.norm(V)
+            Z = np.zeros_like(V)
+            HV = np.empty_like(V)
+            G = np.empty_like(V)
+            zero_y = np.zeros(self.n)
+            est = 0.0
+            for _ in range(iters):
+                K.oracle_pass(*self.train, zero_y, np.empty(0), K.LINEAR, Z, V,
+                              False, True, G, HV, np.empty(0), nchunks())
+                est = float(np.vdot(V, HV))
+                nrm = np.linalg.norm(HV)
+                if nrm == 0.0:
+                    break
+                V = HV / nrm
+            self._data_sq_norm = est
+        return self._data_sq_norm
+
+    def lipschitz(self, lam):
+        """Upper estimate of L, the smoothness of g(·, λ):
+        sup ℓ'' · max_i a_i · λ_max(XᵀX/n) + max_j rdiag_j."""
+        hp = self._lam_in(lam)
+        amax = float(hp.a.max()) if hp.a.shape[0] else 1.0
+        return (curvature_bound(self._model) * amax * self.data_sq_norm()
+                + float(hp.rdiag.max()))
+
+    def __repr__(self):
+        fmt = "csr" if self.sparse else "dense"
+        return (f"BilevelProblem(model={self.model!r}, hyper={self.hyper!r}, "
+                f"n={self.n}, m={self.m}, d={self.d}, c={self.c}, {fmt} "
+                f"{self.dtype}, reg={self.reg})")
