@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastbilevel as fb
+from naive import Spec
+
+MODELS = ["linear", "logistic", "multinomial"]
+HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
+FORMATS = ["dense64", "dense32", "csr64", "csr32"]
+
+
+def make_data(model, fmt, n=9, m=6, d=5, c=3, seed=0, density=0.6):
+    """Small random data in the requested format; float32 data is rounded
+    before it reaches both the kernels and the naive reference."""
+    rng = np.random.default_rng(seed)
+    dt = np.float32 if fmt.endswith("32") else np.float64
+    X = rng.standard_normal((n, d)) * (rng.random((n, d)) < density)
+    Xv = rng.standard_normal((m, d)) * (rng.random((m, d)) < density)
+    X, Xv = X.astype(dt).astype(float), Xv.astype(dt).astype(float)
+    if model == "linear":
+        y, yv = rng.standard_normal(n), rng.standard_normal(m)
+    elif model == "logistic":
+        y, yv = rng.choice([-1.0, 1.0], n), rng.choice([0.0, 1.0], m)
+    else:
+        y, yv = rng.integers(0, c, n).astype(float), rng.integers(0, c, m).astype(float)
+    if fmt.startswith("csr"):
+        X, Xv = sp.csr_matrix(X.astype(dt)), sp.csr_matrix(Xv.astype(dt))
+    else:
+        X, Xv = X.astype(dt), Xv.astype(dt)
+    return X, y, Xv, yv
+
+
+def make_problem(model, hyper, fmt, seed=0, reg=0.3, **kw):
+    X, y, Xv, yv = make_data(model, fmt, seed=seed, **kw)
+    c = kw.get("c", 3) if model == "multinomial" else 1
+    r = None if hyper in ("feature_l2", "l2") else reg
+    prob = fb.BilevelProblem(model, hyper, X, y, Xv, yv, reg=r,
+                             n_classes=c if model == "multinomial" else None)
+    return prob, Spec(model, hyper, X, y, Xv, yv, reg=r, c=c)
+
+
+def random_lam(prob, seed=1):
+    rng = np.random.default_rng(seed)
+    h = prob.hyper
+    if h == "sample_weights":
+        return rng.standard_normal(prob.n)
+    if h == "feature_l2":
+        return rng.normal(-1.0, 0.5, prob.d)
+    if h == "l2":
+        return np.array(-1.0)
+    return rng.standard_normal(prob.w_shape)
+
+
+@pytest.fixture(params=[(m, h, f) for m in MODELS for h in HYPERS for f in FORMATS],
+                ids=lambda p: "-".join(p))
+def combo(request):
+    return request.param

@@ -1,0 +1,72 @@
+"""Every oracle, for every model × map × format, against central finite
+differences of the naive NumPy objective, and values against the naive ones."""
+import numpy as np
+
+import naive
+from conftest import make_problem, random_lam
+
+TOL_FD = 1e-6
+
+
+def _point(prob, seed=2):
+    rng = np.random.default_rng(seed)
+    return 0.5 * rng.standard_normal(prob.w_shape), rng.standard_normal(prob.w_shape)
+
+
+def test_values_match_naive(combo):
+    prob, s = make_problem(*combo)
+    lam = random_lam(prob)
+    w, _ = _point(prob)
+    assert naive.rel_err(prob.inner_value(w, lam), naive.inner_value(s, w, lam)) < 1e-12
+    assert naive.rel_err(prob.outer_value(w), naive.outer_value(s, w)) < 1e-12
+
+
+def test_inner_and_outer_gradients_match_fd(combo):
+    prob, s = make_problem(*combo)
+    lam = random_lam(prob)
+    w, _ = _point(prob)
+    fd = naive.central_diff(lambda x: naive.inner_value(s, x, lam), w)
+    assert naive.rel_err(prob.inner_grad(w, lam), fd) < TOL_FD
+    fd = naive.central_diff(lambda x: naive.outer_value(s, x), w)
+    assert naive.rel_err(prob.outer_grad(w), fd) < TOL_FD
+    assert np.all(prob.outer_grad_lam(w, lam) == 0) and prob.outer_grad_lam(w, lam).shape == np.shape(lam)
+
+
+def test_hvp_matches_fd_of_gradient(combo):
+    prob, s = make_problem(*combo)
+    lam = random_lam(prob)
+    w, v = _point(prob)
+    eps = 1e-6
+    fd = (naive.inner_grad(s, w + eps * v, lam) - naive.inner_grad(s, w - eps * v, lam)) / (2 * eps)
+    assert naive.rel_err(prob.hvp(w, lam, v), fd) < TOL_FD
+
+
+def test_cross_matches_fd_in_lambda(combo):
+    prob, s = make_problem(*combo)
+    lam = random_lam(prob)
+    w, v = _point(prob)
+    fd = naive.central_diff(lambda l: np.vdot(naive.inner_grad(s, w, l), v), lam)
+    got = prob.cross(w, lam, v)
+    assert got.shape == np.shape(lam)
+    if prob.hyper == "init":
+        assert np.all(got == 0) and np.all(fd == 0)
+    else:
+        assert naive.rel_err(got, fd) < TOL_FD
+
+
+def test_saturated_losses_stay_finite():
+    """Margins up to 1e4 in magnitude: no overflow, no NaN, correct limits."""
+    for model in ("logistic", "multinomial"):
+        prob, s = make_problem(model, "l2", "dense64")
+        w = 1e4 * np.sign(np.random.default_rng(0).standard_normal(prob.w_shape))
+        lam = np.array(0.0)
+        vals = [prob.inner_value(w, lam), prob.outer_value(w)]
+        outs = [prob.inner_grad(w, lam), prob.outer_grad(w), prob.hvp(w, lam, w)]
+        assert all(np.isfinite(v) for v in vals)
+        assert all(np.all(np.isfinite(o)) for o in outs)
+        assert naive.rel_err(prob.outer_value(w), naive.outer_value(s, w)) < 1e-12
+        assert naive.rel_err(prob.inner_grad(w, lam), naive.inner_grad(s, w, lam)) < 1e-12
+    from fastbilevel.kernels import sigmoid, sigmoid_prime, softplus
+    assert sigmoid(-1e4) == 0.0 and sigmoid(1e4) == 1.0
+    assert softplus(1e4) == 1e4 and softplus(-1e4) == 0.0
+    assert sigmoid_prime(1e4) == 0.0 and sigmoid_prime(0.0) == 0.25
