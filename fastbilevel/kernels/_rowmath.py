@@ -101,3 +101,26 @@ def weight_of(a, i, inv_n):
 def curvature_bound(model):
     """sup over z of the largest eigenvalue of ℓ''(z)."""
     return {LINEAR: 1.0, LOGISTIC: 0.25, MULTINOMIAL: 0.5}[model]
+
+
+@njit(cache=True, fastmath=_FM)
+def row_coefs(model, yi, z, u, wi, inv_n, want_grad, want_hvp, cg, ch, cross, i,
+              dl, hu):
+    """From the dots z = W x_i, u = V x_i of one row: returns the weighted
+    loss wi·ℓ(z) and fills the accumulation coefficients cg = wi·ℓ'(z) (if
+    want_grad), ch = wi·ℓ''(z)u (if want_hvp) and cross[i] = ℓ'(z)·u/n (if
+    want_hvp and cross has rows). ``dl``, ``hu`` are scratch of length c."""
+    c = z.shape[0]
+    li = row_derivs(model, yi, z, u, want_hvp, dl, hu)
+    if want_grad:
+        for k in range(c):
+            cg[k] = wi * dl[k]
+    if want_hvp:
+        for k in range(c):
+            ch[k] = wi * hu[k]
+        if cross.shape[0] > 0:
+            s = 0.0
+            for k in range(c):
+                s += dl[k] * u[k]
+            cross[i] = s * inv_n
+    return wi * li

@@ -5,9 +5,11 @@ duplicates; checked once in the Python layer). Each nonzero is read once from
 memory: the gathers z_i = W[:, idx] · x_i bring the row into L1 and the
 scatters G[:, idx] += coef ⊗ x_i reuse it.
 """
+import numpy as np
 from numba import njit
 
 from .. import config
+from ._rowmath import row_coefs, weight_of
 
 _FM = set(config.FASTMATH)
 
@@ -26,7 +28,7 @@ def _dots_csr(indptr, indices, data, i, W, out):
 
 
 @njit(cache=True, fastmath=_FM)
-def _axpy_row_csr(indptr, indices, data, i, coef, A):
+def _axpy_csr(indptr, indices, data, i, coef, A):
     """A[k, idx] += coef[k] * x_i for the sparse row i."""
     c = A.shape[0]
     p0 = indptr[i]
@@ -36,3 +38,28 @@ def _axpy_row_csr(indptr, indices, data, i, coef, A):
         if ck != 0.0:
             for p in range(p0, p1):
                 A[k, indices[p]] += ck * data[p]
+
+
+@njit(cache=True, fastmath=_FM)
+def rows_csr(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
+             want_hvp, inv_n, G, HV, cross):
+    """Same contract as ``dense.rows_dense`` for a CSR matrix."""
+    c = W.shape[0]
+    z = np.empty(c)
+    u = np.zeros(c)
+    cg = np.zeros(c)
+    ch = np.zeros(c)
+    dl = np.empty(c)
+    hu = np.empty(c)
+    val = 0.0
+    for i in range(lo, hi):
+        _dots_csr(indptr, indices, data, i, W, z)
+        if want_hvp:
+            _dots_csr(indptr, indices, data, i, V, u)
+        val += row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n,
+                         want_grad, want_hvp, cg, ch, cross, i, dl, hu)
+        if want_grad:
+            _axpy_csr(indptr, indices, data, i, cg, G)
+        if want_hvp:
+            _axpy_csr(indptr, indices, data, i, ch, HV)
+    return val
