@@ -17,27 +17,29 @@ _FM = set(config.FASTMATH)
 @njit(cache=True, fastmath=_FM)
 def _dots_csr(indptr, indices, data, i, W, out):
     """out[k] = W[k] · x_i for the sparse row i."""
-    c = W.shape[0]
-    p0 = indptr[i]
-    p1 = indptr[i + 1]
-    for k in range(c):
+    # 0-based slices: loops over range(p0, p1) keep Numba's negative-index
+    # wraparound check on every access
+    idx = indices[indptr[i]:indptr[i + 1]]
+    val = data[indptr[i]:indptr[i + 1]]
+    for k in range(W.shape[0]):
+        wk = W[k]
         s = 0.0
-        for p in range(p0, p1):
-            s += data[p] * W[k, indices[p]]
+        for q in range(idx.shape[0]):
+            s += val[q] * wk[idx[q]]
         out[k] = s
 
 
 @njit(cache=True, fastmath=_FM)
 def _axpy_csr(indptr, indices, data, i, coef, A):
     """A[k, idx] += coef[k] * x_i for the sparse row i."""
-    c = A.shape[0]
-    p0 = indptr[i]
-    p1 = indptr[i + 1]
-    for k in range(c):
+    idx = indices[indptr[i]:indptr[i + 1]]
+    val = data[indptr[i]:indptr[i + 1]]
+    for k in range(A.shape[0]):
         ck = coef[k]
         if ck != 0.0:
-            for p in range(p0, p1):
-                A[k, indices[p]] += ck * data[p]
+            ak = A[k]
+            for q in range(idx.shape[0]):
+                ak[idx[q]] += ck * val[q]
 
 
 @njit(cache=True, fastmath=_FM)

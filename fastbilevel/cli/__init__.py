@@ -1,0 +1,1 @@
+"""The ``fastbilevel`` command line (click)."""

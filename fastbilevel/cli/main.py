@@ -1,0 +1,120 @@
+"""``fastbilevel bench`` and ``fastbilevel info``: option parsing only; the
+work is done by :mod:`fastbilevel.bench` and the public API."""
+import json
+import platform
+import time
+
+import click
+import numpy as np
+
+PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
+METHODS = ("reverse", "numpy")
+
+# (full size, --quick size) of each built-in problem, and its default T
+_SIZES = {
+    "hypercleaning": (dict(n=20000, m=5000, d=784, c=10), dict(n=5000, m=1000, d=784, c=10), 100),
+    "text": (dict(n=11314, m=7532, d=101631), dict(n=2000, m=1000, d=20000), 100),
+    "ridge": (dict(n=20000, m=5000, d=500), dict(n=2000, m=500, d=200), 100),
+    "toy": ({}, {}, 100),
+}
+
+
+def _dataset(name, quick, seed, dtype):
+    from .. import datasets
+    full, small, _ = _SIZES[name]
+    kw = dict(small if quick else full)
+    if name == "hypercleaning":
+        return datasets.hypercleaning(seed=seed, dtype=dtype, **kw)
+    if name == "text":
+        return datasets.text(seed=seed, dtype=dtype, **kw)
+    if name == "ridge":
+        return datasets.ridge(seed=seed, dtype=dtype, **kw)
+    return datasets.shaban_toy()
+
+
+def _default_lam(prob):
+    return np.zeros(prob.lam_shape) if prob.hyper != "feature_l2" else np.full(prob.d, -2.0)
+
+
+@click.group()
+@click.version_option(package_name="fastbilevel")
+def cli():
+    """fastbilevel: hypergradients of bilevel problems with fused Numba kernels."""
+
+
+@cli.command()
+@click.option("--problem", type=click.Choice(PROBLEMS), default="hypercleaning", show_default=True,
+              help="Built-in problem (fastbilevel.datasets).")
+@click.option("--methods", default="reverse,numpy", show_default=True,
+              help="Comma-separated: reverse (fused kernels), numpy (NumPy/BLAS reference).")
+@click.option("--steps", "-T", type=click.IntRange(1), default=None,
+              help="Inner steps T [default: 100, or 20 with --quick].")
+@click.option("--dtype", type=click.Choice(["float64", "float32", "both"]), default="float64",
+              show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=None, help="Timed calls per method [5; 3 with --quick].")
+@click.option("--quick", is_flag=True, help="Small sizes, T=20: finishes in under a minute.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the results (and machine peaks) to this JSON file.")
+def bench(problem, methods, steps, dtype, repeats, quick, seed, json_path):
+    """Time hypergradient methods on a built-in problem, with the roofline
+    fraction (peak bandwidth and GEMM rate measured in the same run)."""
+    from ..bench import format_table, machine_peaks, run_bench
+    meths = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in meths if m not in METHODS]
+    if bad or not meths:
+        raise click.BadParameter(f"unknown method(s) {bad}; choose from {list(METHODS)}",
+                                 param_hint="--methods")
+    T = steps or (20 if quick else _SIZES[problem][2])
+    reps = repeats or (3 if quick else 5)
+    t0 = time.perf_counter()
+    peaks = machine_peaks(quick=quick)
+    click.echo(f"machine: read {peaks['read_GBps']:.1f} GB/s, GEMM {peaks['gemm_GFLOPs']:.1f} GFLOP/s "
+               f"(float64), {_threads()} threads")
+    dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
+    rows = []
+    for dt in dtypes:
+        ds = _dataset(problem, quick, seed, dt)
+        prob = ds.problem(dtype=dt)
+        click.echo(f"problem: {problem} {prob}")
+        rows += run_bench(prob, _default_lam(prob), meths, T, reps, peaks)
+    click.echo(format_table(rows))
+    click.echo(f"total {time.perf_counter() - t0:.1f} s")
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"problem": problem, "quick": quick, "machine": peaks,
+                       "threads": _threads(), "results": rows}, fh, indent=2)
+        click.echo(f"wrote {json_path}")
+
+
+def _threads():
+    import numba
+    return numba.get_num_threads()
+
+
+@cli.command()
+def info():
+    """Versions, threads and the Numba cache location."""
+    import numba
+    import scipy
+
+    import fastbilevel
+    from numba.core.config import CACHE_DIR
+    click.echo(f"fastbilevel {fastbilevel.__version__}")
+    click.echo(f"python {platform.python_version()}, numpy {np.__version__}, "
+               f"scipy {scipy.__version__}, numba {numba.__version__}")
+    click.echo(f"threads {numba.get_num_threads()} ({numba.threading_layer() if _has_layer() else 'not started'})")
+    click.echo(f"numba cache dir: {CACHE_DIR or '__pycache__ beside the modules'}")
+
+
+def _has_layer():
+    import numba
+    try:
+        numba.threading_layer()
+        return True
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()
