@@ -5,12 +5,12 @@ import numpy as np
 from numba import njit
 
 from .. import config
-from .oracles import oracle_pass, reg_grad_add, reg_value
+from .oracles import _pass, reg_grad_add, reg_value
 
 _GROWTH = config.DIVERGENCE_GROWTH
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def gd_loop(X, indptr, indices, data, y, a, model, rdiag, prior, W0, gamma,
             T, traj, gvals, nchunks):
     """T steps of w_{t+1} = w_t − γ ∇_w g(w_t, λ) from W0, one pass per step.
@@ -29,8 +29,8 @@ def gd_loop(X, indptr, indices, data, y, a, model, rdiag, prior, W0, gamma,
     for t in range(T):
         if store:
             traj[t] = W
-        v = oracle_pass(X, indptr, indices, data, y, a, model, W, W, True,
-                        False, G, G, no_cross, nchunks)
+        v = _pass(X, indptr, indices, data, y, a, model, W, W, True, False, G,
+                  G, no_cross, nchunks)
         v += reg_value(rdiag, prior, W)
         gvals[t] = v
         if t == 0:

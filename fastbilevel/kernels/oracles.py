@@ -34,20 +34,19 @@ def _chunk_bounds(indptr, n, nchunks):
     return b
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
-def oracle_pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
-                want_hvp, G, HV, cross, nchunks):
-    """One parallel pass over the rows of X at the point W (and direction V).
+@njit(inline="always")
+def _pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
+          G, HV, cross, nchunks):
+    """Body of :func:`oracle_pass`, inlined into every parallel entry point.
 
-    Returns the data part of the objective, (1/n) Σ a_i ℓ(x_iᵀW; y_i), and
-    overwrites, as requested, G with (1/n) Σ a_i ℓ'(z_i) ⊗ x_i, HV with
-    (1/n) Σ a_i ℓ''(z_i)(V x_i) ⊗ x_i and cross (if of length n) with
-    ℓ'(z_i)·(V x_i)/n. ``a`` holds the per-sample weights a_i (empty: all 1).
-    The rows are split into ``nchunks`` contiguous chunks (equal rows, or
-    equal nonzeros for CSR) run in parallel, each reducing into its own
-    buffer; the buffers are summed in chunk order at the end, so the result
-    depends on ``nchunks`` but not on the number of threads running them.
+    Numba cannot safely cache a function that *calls* a ``parallel=True``
+    function (from the cache such a caller ran the pass serially, or
+    segfaulted: measured with numba 0.68), so each parallel entry point
+    (oracle_pass, gd_loop, outer_grad, reverse_sweep) inlines this body and
+    its prange becomes that entry point's own parallel loop; everything it
+    calls is a serial, cached leaf kernel.
     """
+
     n = y.shape[0]
     c, d = W.shape
     nchunks = max(1, min(nchunks, n))
@@ -81,6 +80,24 @@ def _sum_buffers(buf, out):
     out[:] = buf[0]
     for t in range(1, buf.shape[0]):
         out += buf[t]
+
+
+@njit(cache=True, parallel=True)
+def oracle_pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                want_hvp, G, HV, cross, nchunks):
+    """One parallel pass over the rows of X at the point W (and direction V).
+
+    Returns the data part of the objective, (1/n) Σ a_i ℓ(x_iᵀW; y_i), and
+    overwrites, as requested, G with (1/n) Σ a_i ℓ'(z_i) ⊗ x_i, HV with
+    (1/n) Σ a_i ℓ''(z_i)(V x_i) ⊗ x_i and cross (if of length n) with
+    ℓ'(z_i)·(V x_i)/n. ``a`` holds the per-sample weights a_i (empty: all 1).
+    The rows are split into ``nchunks`` contiguous chunks (equal rows, or
+    equal nonzeros for CSR) run in parallel, each reducing into its own
+    buffer; the buffers are summed in chunk order at the end, so the result
+    depends on ``nchunks`` but not on the number of threads running them.
+    """
+    return _pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                 want_hvp, G, HV, cross, nchunks)
 
 
 @njit(cache=True, fastmath=_FM)

@@ -5,17 +5,17 @@ import numpy as np
 from numba import njit
 
 from ._rowmath import INIT, SAMPLE_WEIGHTS
-from .oracles import cross_add, oracle_pass, reg_hvp_add
+from .oracles import _pass, cross_add, reg_hvp_add
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def outer_grad(Xv, indptrv, indicesv, datav, yv, model, W, G, nchunks):
     """f(W) = (1/m) Σ_j ℓ(x̃_jᵀW; ỹ_j) and G = ∇_w f(W), one pass over X̃."""
-    return oracle_pass(Xv, indptrv, indicesv, datav, yv, np.empty(0), model,
-                       W, W, True, False, G, G, np.empty(0), nchunks)
+    return _pass(Xv, indptrv, indicesv, datav, yv, np.empty(0), model, W, W,
+                 True, False, G, G, np.empty(0), nchunks)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def reverse_sweep(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                   gamma, traj, alpha, h, nchunks):
     """Reverse sweep from the adjoint α = ∇_w f(w_T) over the stored iterates:
@@ -31,8 +31,8 @@ def reverse_sweep(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     cross = np.empty(y.shape[0] if hyper == SAMPLE_WEIGHTS else 0)
     for t in range(T - 1, -1, -1):
         Wt = traj[t]
-        oracle_pass(X, indptr, indices, data, y, a, model, Wt, alpha, False,
-                    True, HV, HV, cross, nchunks)
+        _pass(X, indptr, indices, data, y, a, model, Wt, alpha, False, True, HV,
+              HV, cross, nchunks)
         cross_add(hyper, rdiag, da, Wt, alpha, cross, -gamma, h)
         reg_hvp_add(rdiag, alpha, HV)
         alpha -= gamma * HV
