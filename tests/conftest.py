@@ -10,7 +10,7 @@ HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
 FORMATS = ["dense64", "dense32", "csr64", "csr32"]
 
 
-def make_data(model, fmt, n=9, m=6, d=5, c=3, seed=0, density=0.6):
+def make_data(model, fmt, n=37, m=6, d=5, c=3, seed=0, density=0.6):
     """Small random data in the requested format; float32 data is rounded
     before it reaches both the kernels and the naive reference."""
     rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ from conftest import make_data
 
 
 def _ok(**over):
-    X, y, Xv, yv = make_data("logistic", "dense64")
+    X, y, Xv, yv = make_data("logistic", "dense64", n=9)
     kw = dict(model="logistic", hyper="l2", X=X, y=y, X_val=Xv, y_val=yv)
     kw.update(over)
     return kw

@@ -46,7 +46,7 @@ def sigmoid_prime(t):
     return e / (q * q)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM, inline="always")
 def row_derivs(model, yi, z, u, want_h, dl, hu):
     """Loss ℓ(z; y) of one row; fills dl = ℓ'(z) and, if want_h, hu = ℓ''(z) u.
 
@@ -90,7 +90,7 @@ def row_derivs(model, yi, z, u, want_h, dl, hu):
         return loss
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM, inline="always")
 def weight_of(a, i, inv_n):
     """a_i / n, where an empty ``a`` means all weights are one."""
     if a.shape[0] == 0:
@@ -103,7 +103,7 @@ def curvature_bound(model):
     return {LINEAR: 1.0, LOGISTIC: 0.25, MULTINOMIAL: 0.5}[model]
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM, inline="always")
 def row_coefs(model, yi, z, u, wi, inv_n, want_grad, want_hvp, cg, ch, cross, i,
               dl, hu):
     """From the dots z = W x_i, u = V x_i of one row: returns the weighted
