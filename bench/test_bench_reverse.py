@@ -28,7 +28,7 @@ def test_reverse(benchmark, request, name, impl):
     if impl == "fused":
         fun = lambda: fb.hypergradient(prob, lam, steps=T, step_size=gamma)
     else:
-        fun = lambda: numpy_reverse(prob, lam, T, gamma)
+        fun = lambda: numpy_reverse(prob, lam, T, gamma, dtype=prob.dtype)
     fun()  # compile / warm up outside the timed rounds
     benchmark.group = f"reverse-{name}"
     benchmark.pedantic(fun, rounds=5, iterations=1)

@@ -98,7 +98,7 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None):
     bound = max(nbytes / (peaks["read_GBps"] * 1e9), flops / (peaks["gemm_GFLOPs"] * 1e9))
     calls = {
         "reverse": lambda: hypergradient(problem, lam, "reverse", steps=steps, step_size=gamma),
-        "numpy": lambda: numpy_reverse(problem, lam, steps, gamma),
+        "numpy": lambda: numpy_reverse(problem, lam, steps, gamma, dtype=problem.dtype),
     }
     rows = []
     for m in methods:

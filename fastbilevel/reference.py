@@ -35,37 +35,45 @@ def _matrix(data, shape):
     return X
 
 
-def numpy_reverse(problem, lam, steps, step_size, w0=None):
+def numpy_reverse(problem, lam, steps, step_size, w0=None, dtype=np.float64):
     """(grad, value, w_T) of reverse-mode differentiation through ``steps`` GD
-    steps, in NumPy/SciPy with stored iterates."""
+    steps, in NumPy/SciPy with stored iterates.
+
+    ``dtype`` is the dtype of the iterates and adjoints: float64 (default)
+    for an accurate reference, or the data's dtype, as a float32 PyTorch or
+    JAX user would run it (float64 iterates would make every BLAS call copy
+    float32 X to float64, which no one benchmarking float32 would do).
+    """
     p = problem
     hp = p._lam_in(lam)
     X = _matrix(p.train, (p.n, p.d))
     Xv = _matrix(p.val, (p.m, p.d))
-    a = hp.a if hp.a.shape[0] else np.ones(p.n)
-    rd = hp.rdiag[:, None]
-    P = hp.prior.T if hp.prior.shape[0] else 0.0
+    dt = np.dtype(dtype)
+    y, yv = p.y.astype(dt), p.y_val.astype(dt)
+    a = (hp.a if hp.a.shape[0] else np.ones(p.n)).astype(dt)
+    rd = hp.rdiag[:, None].astype(dt)
+    P = hp.prior.T.astype(dt) if hp.prior.shape[0] else dt.type(0)
     if p.hyper == "init":
-        W = hp.W0.T.copy()
+        W = hp.W0.T.astype(dt)
     elif w0 is None:
-        W = np.zeros((p.d, p.c))
+        W = np.zeros((p.d, p.c), dtype=dt)
     else:
-        W = p._w_in("w0", w0).T.copy()
-    g = step_size
+        W = p._w_in("w0", w0).T.astype(dt)
+    g = dt.type(step_size)
     traj = []
     for _ in range(steps):
         traj.append(W)
-        D, _ = _dloss(p.model, X @ W, p.y)
+        D, _ = _dloss(p.model, X @ W, y)
         W = W - g * (X.T @ (a[:, None] * D) / p.n + rd * (W - P))
     Zv = Xv @ W
-    D, _ = _dloss(p.model, Zv, p.y_val)
+    D, _ = _dloss(p.model, Zv, yv)
     alpha = Xv.T @ D / p.m
-    value = _outer_value(p.model, Zv, p.y_val)
+    value = _outer_value(p.model, Zv, yv)
     h = np.zeros(p.dim_lam)
     c = p.c
     for Wt in reversed(traj):
         ZU = X @ np.hstack([Wt, alpha])              # one BLAS call for z and u
-        D, HU = _dloss(p.model, ZU[:, :c], p.y, ZU[:, c:])
+        D, HU = _dloss(p.model, ZU[:, :c], y, ZU[:, c:])
         HV = X.T @ (a[:, None] * HU) / p.n + rd * alpha
         if p.hyper == "sample_weights":
             h -= g * hp.da * np.sum(D * ZU[:, c:], axis=1) / p.n
@@ -78,7 +86,7 @@ def numpy_reverse(problem, lam, steps, step_size, w0=None):
         alpha = alpha - g * HV
     if p.hyper == "init":
         h += alpha.T.ravel()
-    return p._lam_out(h), float(value), p._w_out(W.T.copy())
+    return p._lam_out(h), float(value), p._w_out(W.T.astype(np.float64))
 
 
 def _outer_value(model, Z, y):
