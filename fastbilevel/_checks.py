@@ -40,9 +40,10 @@ def _float_dtype_of(name, dt, requested):
 def check_data(name, X, dtype=None, like_sparse=None, n_features=None):
     """Validate a design matrix and return the kernel layout.
 
-    Returns ``(Xd, indptr, indices, data, sparse)``: dense data as a
-    C-contiguous (n, d) array with empty CSR arrays, sparse data as a canonical
-    CSR triple (indptr int64, indices int32) with ``Xd`` of shape (0, 0).
+    Returns ``(Xd, indptr, indices, data, sparse, shape)``: dense data as
+    ``(X, None, None, None, False, shape)`` with X C-contiguous (n, d), sparse
+    data as ``(None, indptr, indices, data, True, shape)``, a canonical CSR
+    triple (indptr int64, indices int32).
     ``like_sparse`` forces the format (validation data follows training data).
     """
     if sp.issparse(X):
@@ -95,7 +96,7 @@ def check_data(name, X, dtype=None, like_sparse=None, n_features=None):
         if like_sparse:
             c = sp.csr_matrix(arr)
             c.sum_duplicates()
-            return (np.empty((0, 0), dtype=dt),
+            return (None,
                     np.ascontiguousarray(c.indptr, dtype=np.int64),
                     np.ascontiguousarray(c.indices, dtype=np.int32),
                     np.ascontiguousarray(c.data, dtype=dt), True, shape)
@@ -103,8 +104,8 @@ def check_data(name, X, dtype=None, like_sparse=None, n_features=None):
             sp.csr_matrix((data, indices, indptr), shape=shape).toarray(), dtype=dt)
         sparse = False
     if sparse:
-        return np.empty((0, 0), dtype=dt), indptr, indices, data, True, shape
-    return arr, np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, dt), False, shape
+        return None, indptr, indices, data, True, shape
+    return arr, None, None, None, False, shape
 
 
 def check_labels(name, y, n, model):

@@ -105,7 +105,8 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     if div >= 0:
         _raise_divergence(problem, lam, gamma, gvals, div)
     alpha = np.empty_like(WT)
-    value = K.outer_grad(*problem.val, problem.y_val, problem._model, WT, alpha, nchunks())
+    value = K.oracle_pass(*problem.val, problem.y_val, np.empty(0), problem._model, WT,
+                          WT, True, False, alpha, alpha, np.empty(0), nchunks())
     h = np.zeros(problem.dim_lam)
     K.reverse_sweep(*problem.train, problem.y, hp.a, hp.da, problem._model,
                     problem._hyper, hp.rdiag, gamma, traj, alpha, h, nchunks())

@@ -73,7 +73,7 @@ class BilevelProblem:
         self._hyper = HYPERS[hyper]
         dt = _checks.check_dtype("dtype", dtype)
         Xd, ip, ix, xd, sparse, (n, d) = _checks.check_data("X", X, dt)
-        self.dtype = Xd.dtype
+        self.dtype = (Xd if Xd is not None else xd).dtype
         Vd, vip, vix, vxd, _, (m, _) = _checks.check_data(
             "X_val", X_val, self.dtype, like_sparse=sparse, n_features=d)
         self.train = (Xd, ip, ix, xd)

@@ -30,7 +30,7 @@ def _dloss(model, Z, y, U=None):
 
 def _matrix(data, shape):
     X, indptr, indices, vals = data
-    if indptr.shape[0]:
+    if X is None:
         return sp.csr_matrix((vals, indices, indptr), shape=shape)
     return X
 

@@ -21,7 +21,8 @@ def l2_sweep(X, indptr, indices, data, y, Xv, ipv, ixv, dv, yv, d, lams,
                                 rdiag, np.empty((0, 0)), np.zeros((1, d)),
                                 gamma, T, traj, gvals, nchunks)
         alpha = np.empty_like(W)
-        K.outer_grad(Xv, ipv, ixv, dv, yv, K.LOGISTIC, W, alpha, nchunks)
+        K.oracle_pass(Xv, ipv, ixv, dv, yv, no_w, K.LOGISTIC, W, W, True,  # α = ∇_w f
+                      False, alpha, alpha, no_w, nchunks)
         h = np.zeros(1)
         K.reverse_sweep(X, indptr, indices, data, y, no_w, no_w, K.LOGISTIC,
                         K.L2, rdiag, gamma, traj, alpha, h, nchunks)

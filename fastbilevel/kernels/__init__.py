@@ -1,9 +1,10 @@
 """Compiled kernels. Every function here takes arrays and scalars only and can
 be called from user ``@njit`` code (see the README for an example).
 
-Data layout: ``(X, indptr, indices, data)`` with either X dense (n, d) and
-empty CSR arrays, or X of shape (0, 0) and a canonical CSR triple
-(``indptr`` int64, ``indices`` int32). Weights W have shape (c, d).
+Data layout: ``(X, indptr, indices, data)``, either ``(X, None, None, None)``
+with X dense (n, d) C-contiguous, or ``(None, indptr, indices, data)``, a
+canonical CSR triple (``indptr`` int64, ``indices`` int32). Each layout and
+dtype is its own compiled specialization. Weights W have shape (c, d).
 """
 from ._rowmath import (BIASED_L2, FEATURE_L2, INIT, L2, LINEAR, LOGISTIC,
                        MULTINOMIAL, SAMPLE_WEIGHTS, sigmoid, sigmoid_prime,
@@ -11,12 +12,12 @@ from ._rowmath import (BIASED_L2, FEATURE_L2, INIT, L2, LINEAR, LOGISTIC,
 from .inner import gd_loop
 from .oracles import (cross_add, oracle_pass, reg_grad_add, reg_hvp_add,
                       reg_value)
-from .reverse import outer_grad, reverse_sweep
+from .reverse import reverse_sweep
 
 __all__ = [
     "LINEAR", "LOGISTIC", "MULTINOMIAL",
     "SAMPLE_WEIGHTS", "FEATURE_L2", "L2", "BIASED_L2", "INIT",
     "sigmoid", "sigmoid_prime", "softplus",
     "oracle_pass", "reg_value", "reg_grad_add", "reg_hvp_add", "cross_add",
-    "gd_loop", "outer_grad", "reverse_sweep",
+    "gd_loop", "reverse_sweep",
 ]

@@ -1,12 +1,13 @@
 """The fused oracle pass: value, ∇_w g, H v and the per-row cross term in one
 pass over X, plus the (cheap, O(dim w)) regularizer parts of every oracle.
 
-Data is passed as ``(X, indptr, indices, data)``: a dense problem has
-``indptr`` empty, a CSR problem has ``X`` of shape (0, 0). Weights are held
+Data is passed as ``(X, indptr, indices, data)``: a dense problem as
+``(X, None, None, None)``, a CSR problem as ``(None, indptr, indices, data)``. Weights are held
 as ``W`` of shape (c, d) (c = 1 for linear and logistic models).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .. import config
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
@@ -17,24 +18,45 @@ _FM = set(config.FASTMATH)
 
 
 @njit(cache=True)
-def _chunk_bounds(indptr, n, nchunks):
-    """Row boundaries of nchunks contiguous chunks: equal rows for dense data,
-    equal nonzeros for CSR data."""
+def _row_bounds(n, nchunks):
+    """Boundaries of nchunks contiguous chunks of equal rows."""
     b = np.empty(nchunks + 1, dtype=np.int64)
-    b[0] = 0
-    b[nchunks] = n
-    if indptr.shape[0] > 0:
-        nnz = indptr[n]
-        for t in range(1, nchunks):
-            r = np.searchsorted(indptr, (nnz * t) // nchunks)
-            b[t] = min(max(r, b[t - 1]), n)
-    else:
-        for t in range(1, nchunks):
-            b[t] = (n * t) // nchunks
+    for t in range(nchunks + 1):
+        b[t] = (n * t) // nchunks
     return b
 
 
-@njit(inline="always")
+@njit(cache=True)
+def _nnz_bounds(indptr, n, nchunks):
+    """Boundaries of nchunks contiguous row chunks of equal nonzeros (CSR)."""
+    b = np.empty(nchunks + 1, dtype=np.int64)
+    b[0] = 0
+    b[nchunks] = n
+    nnz = indptr[n]
+    for t in range(1, nchunks):
+        r = np.searchsorted(indptr, (nnz * t) // nchunks)
+        b[t] = min(max(r, b[t - 1]), n)
+    return b
+
+
+@njit(cache=True)
+def _buffers(nchunks, c, d, want_grad, want_hvp):
+    """Per-chunk accumulators (no two threads ever write the same one)."""
+    gb = np.zeros((nchunks, c, d) if want_grad else (nchunks, 0, 0))
+    hb = np.zeros((nchunks, c, d) if want_hvp else (nchunks, 0, 0))
+    return gb, hb, np.zeros(nchunks)
+
+
+@njit(cache=True)
+def _merge(gb, hb, vals, want_grad, want_hvp, G, HV):
+    """Serial merge of the per-chunk buffers, in chunk order."""
+    if want_grad:
+        _sum_buffers(gb, G)
+    if want_hvp:
+        _sum_buffers(hb, HV)
+    return vals.sum()
+
+
 def _pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
           G, HV, cross, nchunks):
     """Body of :func:`oracle_pass`, inlined into every parallel entry point.
@@ -42,36 +64,48 @@ def _pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
     Numba cannot safely cache a function that *calls* a ``parallel=True``
     function (from the cache such a caller ran the pass serially, or
     segfaulted: measured with numba 0.68), so each parallel entry point
-    (oracle_pass, gd_loop, outer_grad, reverse_sweep) inlines this body and
-    its prange becomes that entry point's own parallel loop; everything it
-    calls is a serial, cached leaf kernel.
+    (oracle_pass, gd_loop, reverse_sweep) inlines this body and its prange
+    becomes that entry point's own parallel loop; everything it calls is a
+    serial, cached leaf kernel. The implementation is chosen at typing time
+    from the data layout (``indptr is None``: dense), so a specialization
+    compiles only the format it is called with.
     """
+    raise NotImplementedError("only callable from compiled code")
 
-    n = y.shape[0]
-    c, d = W.shape
-    nchunks = max(1, min(nchunks, n))
-    bounds = _chunk_bounds(indptr, n, nchunks)
-    gb = np.zeros((nchunks, c, d) if want_grad else (nchunks, 0, 0))
-    hb = np.zeros((nchunks, c, d) if want_hvp else (nchunks, 0, 0))
-    vals = np.zeros(nchunks)
-    inv_n = 1.0 / n
-    # one parallel loop per format: a format branch inside the loop body
-    # costs ~20% on dense data (measured), so the branch is taken outside
-    if indptr.shape[0] > 0:
-        for t in prange(nchunks):
+
+@overload(_pass, inline="always")
+def _ol_pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
+             G, HV, cross, nchunks):
+    if isinstance(indptr, types.NoneType):
+        def dense_impl(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                       want_hvp, G, HV, cross, nchunks):
+            n = y.shape[0]
+            c, d = W.shape
+            nch = max(1, min(nchunks, n))
+            bounds = _row_bounds(n, nch)
+            gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
+            inv_n = 1.0 / n
+            for t in prange(nch):
+                vals[t] = rows_dense(X, bounds[t], bounds[t + 1], y, a, model,
+                                     W, V, want_grad, want_hvp, inv_n, gb[t],
+                                     hb[t], cross)
+            return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
+        return dense_impl
+
+    def csr_impl(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                 want_hvp, G, HV, cross, nchunks):
+        n = y.shape[0]
+        c, d = W.shape
+        nch = max(1, min(nchunks, n))
+        bounds = _nnz_bounds(indptr, n, nch)
+        gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
+        inv_n = 1.0 / n
+        for t in prange(nch):
             vals[t] = rows_csr(indptr, indices, data, bounds[t], bounds[t + 1],
                                y, a, model, W, V, want_grad, want_hvp, inv_n,
                                gb[t], hb[t], cross)
-    else:
-        for t in prange(nchunks):
-            vals[t] = rows_dense(X, bounds[t], bounds[t + 1], y, a, model, W,
-                                 V, want_grad, want_hvp, inv_n, gb[t], hb[t],
-                                 cross)
-    if want_grad:
-        _sum_buffers(gb, G)
-    if want_hvp:
-        _sum_buffers(hb, HV)
-    return vals.sum()
+        return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
+    return csr_impl
 
 
 @njit(cache=True, fastmath=_FM)

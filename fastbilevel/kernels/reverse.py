@@ -9,13 +9,6 @@ from .oracles import _pass, cross_add, reg_hvp_add
 
 
 @njit(cache=True, parallel=True)
-def outer_grad(Xv, indptrv, indicesv, datav, yv, model, W, G, nchunks):
-    """f(W) = (1/m) Σ_j ℓ(x̃_jᵀW; ỹ_j) and G = ∇_w f(W), one pass over X̃."""
-    return _pass(Xv, indptrv, indicesv, datav, yv, np.empty(0), model, W, W,
-                 True, False, G, G, np.empty(0), nchunks)
-
-
-@njit(cache=True, parallel=True)
 def reverse_sweep(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                   gamma, traj, alpha, h, nchunks):
     """Reverse sweep from the adjoint α = ∇_w f(w_T) over the stored iterates:
