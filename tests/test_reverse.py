@@ -98,7 +98,7 @@ def test_chunk_counts_agree_and_threads_do_not_matter(fmt, monkeypatch):
     assert np.array_equal(one, res[2])
 
 
-FLOAT32_RTOL = 1e-4
+FLOAT32_RTOL = 1e-6  # measured 1e-8 .. 4.3e-8: only the data is rounded
 
 
 @pytest.mark.parametrize("model,hyper", [("multinomial", "sample_weights"),

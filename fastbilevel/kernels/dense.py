@@ -17,6 +17,13 @@ _FM = set(config.FASTMATH)
 RB = 8  # rows per block
 
 
+@njit(cache=True, fastmath=_FM, inline="always")
+def _col8(X, i, j):
+    """Column j of the 8-row block starting at row i."""
+    return (X[i, j], X[i + 1, j], X[i + 2, j], X[i + 3, j],
+            X[i + 4, j], X[i + 5, j], X[i + 6, j], X[i + 7, j])
+
+
 @njit(cache=True, fastmath=_FM)
 def _dot8x2(X, i, wa, wb, ZA, ka, ZB, kb):
     """ZA[r, ka] = X[i + r] · wa and ZB[r, kb] = X[i + r] · wb, r = 0..7."""
@@ -25,14 +32,7 @@ def _dot8x2(X, i, wa, wb, ZA, ka, ZB, kb):
     for j in range(wa.shape[0]):
         u = wa[j]
         v = wb[j]
-        e0 = X[i, j]
-        e1 = X[i + 1, j]
-        e2 = X[i + 2, j]
-        e3 = X[i + 3, j]
-        e4 = X[i + 4, j]
-        e5 = X[i + 5, j]
-        e6 = X[i + 6, j]
-        e7 = X[i + 7, j]
+        e0, e1, e2, e3, e4, e5, e6, e7 = _col8(X, i, j)
         a0 += e0 * u
         a1 += e1 * u
         a2 += e2 * u
@@ -59,14 +59,15 @@ def _dot8x1(X, i, wa, ZA, ka):
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
     for j in range(wa.shape[0]):
         u = wa[j]
-        a0 += X[i, j] * u
-        a1 += X[i + 1, j] * u
-        a2 += X[i + 2, j] * u
-        a3 += X[i + 3, j] * u
-        a4 += X[i + 4, j] * u
-        a5 += X[i + 5, j] * u
-        a6 += X[i + 6, j] * u
-        a7 += X[i + 7, j] * u
+        e0, e1, e2, e3, e4, e5, e6, e7 = _col8(X, i, j)
+        a0 += e0 * u
+        a1 += e1 * u
+        a2 += e2 * u
+        a3 += e3 * u
+        a4 += e4 * u
+        a5 += e5 * u
+        a6 += e6 * u
+        a7 += e7 * u
     _put8(ZA, ka, a0, a1, a2, a3, a4, a5, a6, a7)
 
 
@@ -92,14 +93,7 @@ def _axpy8x2(X, i, C, ka, kb, A):
     ga = A[ka]
     gb = A[kb]
     for j in range(ga.shape[0]):
-        e0 = X[i, j]
-        e1 = X[i + 1, j]
-        e2 = X[i + 2, j]
-        e3 = X[i + 3, j]
-        e4 = X[i + 4, j]
-        e5 = X[i + 5, j]
-        e6 = X[i + 6, j]
-        e7 = X[i + 7, j]
+        e0, e1, e2, e3, e4, e5, e6, e7 = _col8(X, i, j)
         ga[j] += (a0 * e0 + a1 * e1 + a2 * e2 + a3 * e3
                   + a4 * e4 + a5 * e5 + a6 * e6 + a7 * e7)
         gb[j] += (b0 * e0 + b1 * e1 + b2 * e2 + b3 * e3
@@ -113,9 +107,9 @@ def _axpy8x1(X, i, C, ka, A):
     a4, a5, a6, a7 = C[4, ka], C[5, ka], C[6, ka], C[7, ka]
     ga = A[ka]
     for j in range(ga.shape[0]):
-        ga[j] += (a0 * X[i, j] + a1 * X[i + 1, j] + a2 * X[i + 2, j]
-                  + a3 * X[i + 3, j] + a4 * X[i + 4, j] + a5 * X[i + 5, j]
-                  + a6 * X[i + 6, j] + a7 * X[i + 7, j])
+        e0, e1, e2, e3, e4, e5, e6, e7 = _col8(X, i, j)
+        ga[j] += (a0 * e0 + a1 * e1 + a2 * e2 + a3 * e3
+                  + a4 * e4 + a5 * e5 + a6 * e6 + a7 * e7)
 
 
 @njit(cache=True, fastmath=_FM)
