@@ -70,3 +70,27 @@ def test_saturated_losses_stay_finite():
     assert sigmoid(-1e4) == 0.0 and sigmoid(1e4) == 1.0
     assert softplus(1e4) == 1e4 and softplus(-1e4) == 0.0
     assert sigmoid_prime(1e4) == 0.0 and sigmoid_prime(0.0) == 0.25
+
+
+def test_gradient_hvp_and_cross_share_one_pass(combo):
+    """want_grad and want_hvp together in one pass give what the separate
+    passes give (to rounding: the shared pass pairs W[k] with V[k] in its
+    register tile, the gradient pass pairs classes, so sums run in another
+    order)."""
+    from fastbilevel import kernels as K
+    prob, _ = make_problem(*combo)
+    lam = random_lam(prob)
+    w, v = _point(prob)
+    hp = prob._lam_in(lam)
+    W, V = prob._w_in("w", w), prob._w_in("v", v)
+    n = prob.n
+    G1, H1, c1 = np.empty_like(W), np.empty_like(W), np.empty(n)
+    val = K.oracle_pass(*prob.train, prob.y, hp.a, prob._model, W, V, True, True, G1, H1, c1, 2)
+    G2, H2, c2 = np.empty_like(W), np.empty_like(W), np.empty(n)
+    val2 = K.oracle_pass(*prob.train, prob.y, hp.a, prob._model, W, V, True, False, G2, G2, np.empty(0), 2)
+    K.oracle_pass(*prob.train, prob.y, hp.a, prob._model, W, V, False, True, H2, H2, c2, 2)
+    assert naive.rel_err(val, val2) < 1e-13
+    for a, b in ((G1, G2), (H1, H2)):
+        assert naive.rel_err(a, b) < 1e-13
+    if prob.hyper == "sample_weights":
+        assert naive.rel_err(c1, c2) < 1e-13
