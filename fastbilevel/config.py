@@ -7,10 +7,6 @@ semantics for divergence detection and saturated sigmoids.
 
 FASTMATH = frozenset({"reassoc", "contract", "nsz"})
 
-# Rows processed together by the dense kernels (register blocking: each
-# weight loaded from cache is used for ROW_BLOCK rows).
-ROW_BLOCK = 4
-
 # Forward mode and stored trajectories refuse to allocate more than this.
 MAX_TRAJECTORY_BYTES = 8 * 1024**3
 
@@ -20,9 +16,8 @@ NCHUNKS = 0
 
 def _reset():
     """Restore the defaults (used by tests that patch this module)."""
-    global FASTMATH, ROW_BLOCK, MAX_TRAJECTORY_BYTES, NCHUNKS
+    global FASTMATH, MAX_TRAJECTORY_BYTES, NCHUNKS
     FASTMATH = frozenset({"reassoc", "contract", "nsz"})
-    ROW_BLOCK = 4
     MAX_TRAJECTORY_BYTES = 8 * 1024**3
     NCHUNKS = 0
 
