@@ -10,6 +10,10 @@ FASTMATH = frozenset({"reassoc", "contract", "nsz"})
 # Forward mode and stored trajectories refuse to allocate more than this.
 MAX_TRAJECTORY_BYTES = 8 * 1024**3
 
+# The inner loop is declared divergent when g(w_t) is not finite or exceeds
+# g(w_0) by more than DIVERGENCE_GROWTH · (|g(w_0)| + 1).
+DIVERGENCE_GROWTH = 1e6
+
 # Row chunks per parallel pass; 0 means one per Numba thread.
 NCHUNKS = 0
 
@@ -20,7 +24,3 @@ def _reset():
     FASTMATH = frozenset({"reassoc", "contract", "nsz"})
     MAX_TRAJECTORY_BYTES = 8 * 1024**3
     NCHUNKS = 0
-
-# The inner loop is declared divergent when g(w_t) is not finite or exceeds
-# g(w_0) by more than DIVERGENCE_GROWTH · (|g(w_0)| + 1).
-DIVERGENCE_GROWTH = 1e6

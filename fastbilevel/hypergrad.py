@@ -1,14 +1,16 @@
 """hypergradient(): d/dλ f(w_T(λ)) through a compiled inner loop (DESIGN §4)."""
+import math
 import time
 
 import numpy as np
 
-from . import _checks, config
-from . import kernels as K
+from . import _checks, config, schedules
+from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule
 from ._parallel import nchunks
 
-METHODS = ("reverse",)
-SOLVERS = ("gd",)
+METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward")
+SOLVERS = {"gd": GD, "heavy_ball": HEAVY_BALL, "agd": AGD}
+SCHEDULES = ("revolve", "uniform")
 
 
 class HypergradientResult:
@@ -16,13 +18,17 @@ class HypergradientResult:
 
     Attributes
     ----------
-    grad : ndarray, shape of λ — the hypergradient d_λ f(w_T(λ), λ).
+    grad : ndarray, shape of λ — the hypergradient (an estimate of it for
+        ``truncated``).
     value : float — outer value f(w_T).
     w : ndarray, shape of w — the inner solver's output w_T.
-    stats : dict — ``time_s`` (wall time), ``passes`` (passes over the
-        training X), ``val_passes`` (passes over X_val), ``trajectory_bytes``
-        (bytes held for the stored trajectory), ``inner_values`` (g(w_t, λ),
-        t = 0..T−1), ``step_size``, ``steps``, ``method``, ``solver``.
+    stats : dict — ``time_s`` (wall time); ``passes`` (passes over the
+        training X: ``gradient_passes`` + ``hvp_passes``); ``val_passes``;
+        ``trajectory_bytes`` (peak bytes held for stored iterates, snapshots
+        or tangents); ``snapshots``; ``recomputed_steps`` (solver steps run
+        beyond the first T); ``inner_values`` (g at the gradient points,
+        t = 0..T−1); ``step_size``, ``momentum``, ``steps``, ``method``,
+        ``solver`` and, for checkpointing, ``schedule``.
     """
 
     __slots__ = ("grad", "value", "w", "stats")
@@ -43,23 +49,81 @@ def resolve_step_size(problem, lam, step_size):
     return _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
 
 
+def resolve_momentum(problem, lam, solver, momentum):
+    """β for heavy_ball and agd: the user's, or from κ = L/μ with μ the
+    regularizer's strong convexity: (√κ−1)/(√κ+1) for agd (AccBiO),
+    ((√κ−1)/(√κ+1))² for heavy_ball (Polyak)."""
+    if solver == "gd":
+        if momentum is not None:
+            raise ValueError("momentum applies to solver='heavy_ball' or 'agd', not 'gd'")
+        return 0.0
+    if momentum is not None:
+        beta = _checks.check_scalar("momentum", momentum, low=0.0)
+        if beta >= 1.0:
+            raise ValueError(f"momentum={beta} must be < 1")
+        return beta
+    mu = float(problem._lam_in(lam).rdiag.min())
+    if mu <= 0.0:
+        raise ValueError(f"solver={solver!r} needs momentum=... here: the inner problem "
+                         "has no strong-convexity floor (reg = 0) to derive it from")
+    q = math.sqrt(problem.lipschitz(lam) / mu)
+    beta = (q - 1.0) / (q + 1.0)
+    return beta if solver == "agd" else beta * beta
+
+
+def build_schedule(method, T, K, snapshots, schedule):
+    """The action list of an ITD method (see :mod:`fastbilevel.schedules`)."""
+    if method != "truncated" and K is not None:
+        raise ValueError(f"K applies to method='truncated', not {method!r}")
+    if method != "checkpointed" and snapshots is not None:
+        raise ValueError(f"snapshots applies to method='checkpointed', not {method!r}")
+    if method == "reverse":
+        return schedules.reverse(T)
+    if method == "recompute":
+        return schedules.recompute(T)
+    if method == "truncated":
+        if K is None:
+            raise ValueError("method='truncated' needs K (the number of reverse steps)")
+        K = _checks.check_scalar("K", K, low=0, integer=True)
+        if K > T:
+            raise ValueError(f"K={K} must be <= steps={T}")
+        return schedules.truncated(T, K)
+    _checks.check_choice("schedule", schedule, SCHEDULES)
+    s = max(1, math.isqrt(max(T - 1, 0)) + 1) if snapshots is None else \
+        _checks.check_scalar("snapshots", snapshots, low=1, integer=True)
+    return schedules.revolve(T, s) if schedule == "revolve" else schedules.uniform(T, s)
+
+
 def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
-                  step_size=None, w0=None):
+                  step_size=None, w0=None, *, K=None, snapshots=None,
+                  schedule="revolve", momentum=None):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
     Parameters
     ----------
     problem : BilevelProblem
     lam : array_like, shape ``problem.lam_shape``
-    method : {"reverse"}
-        ``reverse``: exact reverse-mode differentiation of the unrolled loop
-        (Shaban et al. 2019, eq. 6; UFO-BLO Alg. 4). The iterates w_0..w_{T−1}
-        are stored (T·dim w·8 bytes); each reverse step does H(w_t)α and
-        J(w_t)α in one fused pass over X:
-        α ← ∇_w f(w_T); for t = T−1..0: h ← h − γJ(w_t)α, α ← α − γH(w_t)α;
-        h ← h + α for ``init``.
-    solver : {"gd"}
-        w_{t+1} = w_t − γ∇_w g(w_t, λ), all T steps in one compiled call.
+    method : {"reverse", "truncated", "checkpointed", "recompute", "forward"}
+        ``reverse`` — exact reverse mode through the unrolled loop (Shaban
+        et al. 2019, eq. 6; UFO-BLO Alg. 4), storing the T gradient points
+        (T·dim w·8 bytes), T gradient + T fused H·v/J·v passes.
+        ``checkpointed`` — exactly ``reverse`` holding at most ``snapshots``
+        solver states (default ⌈√T⌉), recomputing the rest: ``schedule=
+        "revolve"`` is Griewank's optimal binomial schedule (fewest
+        recomputed steps, r·T − C(s+r, s+1) in all), ``"uniform"`` a
+        snapshot every ⌈T/s⌉ steps plus a ⌈T/s⌉-point segment buffer.
+        ``recompute`` — exactly ``reverse`` with one stored state, recomputing
+        w_t from w_0 for every reverse step: O(T²) passes (UFO-BLO Alg. 5).
+        ``truncated`` — K-RMD (Shaban eq. 8): only the last K reverse steps,
+        storing K points; with K = T it equals ``reverse``.
+        ``forward`` — exactly ``reverse`` in forward mode (Shaban eq. 7): one
+        tangent per hyperparameter (dim λ·dim w·8 bytes, T·dim λ passes);
+        meant for few hyperparameters (e.g. ``l2``) and refused when the
+        tangents exceed ``config.MAX_TRAJECTORY_BYTES``.
+    solver : {"gd", "heavy_ball", "agd"}
+        ``gd``: w_{t+1} = w_t − γ∇g(w_t). ``heavy_ball``: + β(w_t − w_{t−1}).
+        ``agd``: Nesterov (AccBiO) y_{t+1} = s_t − γ∇g(s_t),
+        s_{t+1} = y_{t+1} + β(y_{t+1} − y_t), output y_T.
     steps : int ≥ 0
         T.
     step_size : float > 0, optional
@@ -67,6 +131,11 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     w0 : array_like, shape of w, optional
         Start of the inner loop (default 0; for ``init`` the start is λ and
         w0 must not be given).
+    K : int, for ``truncated``.
+    snapshots : int ≥ 1, for ``checkpointed``.
+    schedule : {"revolve", "uniform"}, for ``checkpointed``.
+    momentum : float in [0, 1), for ``heavy_ball`` and ``agd``; default from
+        κ = L/μ (see :func:`resolve_momentum`).
 
     Returns
     -------
@@ -75,7 +144,9 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     Raises
     ------
     ValueError
-        On invalid input, or when the inner loop diverges with this step size.
+        On invalid input, when the stored trajectory would exceed
+        ``config.MAX_TRAJECTORY_BYTES``, or when the inner loop diverges
+        with this step size.
     """
     t0 = time.perf_counter()
     _checks.check_choice("method", method, METHODS)
@@ -83,6 +154,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     T = _checks.check_scalar("steps", steps, low=0, integer=True)
     hp = problem._lam_in(lam)
     gamma = resolve_step_size(problem, lam, step_size)
+    beta = resolve_momentum(problem, lam, solver, momentum)
     if problem.hyper == "init":
         if w0 is not None:
             raise ValueError("w0 must not be given for hyper='init': the inner "
@@ -92,42 +164,61 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         W0 = np.zeros((problem.c, problem.d))
     else:
         W0 = problem._w_in("w0", w0)
-    traj_bytes = T * problem.dim_w * 8
-    if traj_bytes > config.MAX_TRAJECTORY_BYTES:
-        raise ValueError(
-            f"steps={T}: method='reverse' would store {traj_bytes / 2**30:.1f} GiB "
-            f"of iterates, above config.MAX_TRAJECTORY_BYTES="
-            f"{config.MAX_TRAJECTORY_BYTES / 2**30:.1f} GiB")
-    traj = np.empty((T, problem.c, problem.d))
-    gvals = np.empty(T)
-    WT, div = K.gd_loop(*problem.train, problem.y, hp.a, problem._model, hp.rdiag,
-                        hp.prior, W0, gamma, T, traj, gvals, nchunks())
-    if div >= 0:
-        _raise_divergence(problem, lam, gamma, gvals, div)
-    alpha = np.empty_like(WT)
-    value = K.oracle_pass(*problem.val, problem.y_val, np.empty(0), problem._model, WT,
-                          WT, True, False, alpha, alpha, np.empty(0), nchunks())
+    code = SOLVERS[solver]
+    nstate = 1 if solver == "gd" else 2
+    vec = problem.dim_w * 8
+    stats = {"method": method, "solver": solver, "steps": T, "step_size": gamma,
+             "momentum": beta}
+    if method == "forward":
+        if K is not None or snapshots is not None:
+            raise ValueError("K and snapshots do not apply to method='forward'")
+        held = problem.dim_lam * nstate * vec
+        _check_bytes(held, f"method='forward' would hold dim λ × dim w = "
+                           f"{problem.dim_lam} × {problem.dim_w} tangents")
+        nslots = 0
+    else:
+        sched = build_schedule(method, T, K, snapshots, schedule)
+        held = sched.nslots * nstate * vec + sched.buf_len * vec
+        _check_bytes(held, f"steps={T}: method={method!r} would store")
+        nslots = sched.nslots
+        if method == "checkpointed":
+            stats["schedule"] = schedule
+    gvals = np.zeros(max(T, 1))
     h = np.zeros(problem.dim_lam)
-    K.reverse_sweep(*problem.train, problem.y, hp.a, hp.da, problem._model,
-                    problem._hyper, hp.rdiag, gamma, traj, alpha, h, nchunks())
-    stats = {
+    args = (*problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper,
+            hp.rdiag, hp.prior, *problem.val, problem.y_val, code, gamma, beta, W0, T)
+    if method == "forward":
+        WT, value, status, counts = forward_mode(*args, gvals, h, nchunks())
+        passes = T * max(1, problem.dim_lam)
+    else:
+        WT, value, status, counts = run_schedule(*args, sched.actions, sched.nslots,
+                                                 sched.buf_len, gvals, h, nchunks())
+        passes = int(counts[0] + counts[1])
+    if status >= 0:
+        _raise_divergence(problem, lam, gamma, gvals, status)
+    stats.update({
         "time_s": time.perf_counter() - t0,
-        "passes": 2 * T,
-        "val_passes": 1,
-        "trajectory_bytes": traj_bytes,
-        "inner_values": gvals,
-        "step_size": gamma,
-        "steps": T,
-        "method": method,
-        "solver": solver,
-    }
-    return HypergradientResult(problem._lam_out(h), float(value),
-                               problem._w_out(WT), stats)
+        "passes": passes,
+        "gradient_passes": int(counts[0]),
+        "hvp_passes": int(counts[1]),
+        "val_passes": int(counts[2]),
+        "trajectory_bytes": int(held),
+        "snapshots": nslots,
+        "recomputed_steps": int(counts[0]) - T,
+        "inner_values": gvals[:T].copy(),
+    })
+    return HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
+
+
+def _check_bytes(nbytes, what):
+    if nbytes > config.MAX_TRAJECTORY_BYTES:
+        raise ValueError(f"{what} {nbytes / 2**30:.2f} GiB, above "
+                         f"config.MAX_TRAJECTORY_BYTES={config.MAX_TRAJECTORY_BYTES / 2**30:.2f} GiB")
 
 
 def _raise_divergence(problem, lam, gamma, gvals, t):
     L = problem.lipschitz(lam)
     raise ValueError(
-        f"step_size={gamma:.4g} makes the inner loop diverge: g(w_t) went from "
+        f"step_size={gamma:.4g} makes the inner loop diverge: g went from "
         f"{gvals[0]:.4g} to {gvals[t]:.4g} at step {t}. The smoothness of g is "
         f"about L={L:.4g}; gradient descent needs step_size < 2/L = {2 / L:.4g}")

@@ -84,20 +84,28 @@ def outer_value(s, w):
     return np.mean(row_losses(s.model, s.Xv @ s.W(w), s.yv))
 
 
-def gd(s, lam, T, gamma, w0=None):
-    """w_T of plain gradient descent (w0 = λ for ``init``)."""
+def gd(s, lam, T, gamma, w0=None, solver="gd", beta=0.0):
+    """w_T (y_T for agd) of the inner solver (w0 = λ for ``init``)."""
     if s.hyper == "init":
         w = np.array(lam, float)
     else:
         w = np.zeros((s.d,) if s.c == 1 else (s.d, s.c)) if w0 is None else np.array(w0, float)
+    prev = w.copy()        # heavy ball: w_{-1} = w_0;  agd: y_0 = s_0 = w_0
     for _ in range(T):
-        w = w - gamma * inner_grad(s, w, lam)
+        if solver == "gd":
+            w = w - gamma * inner_grad(s, w, lam)
+        elif solver == "heavy_ball":
+            w, prev = w - gamma * inner_grad(s, w, lam) + beta * (w - prev), w
+        else:  # agd: w holds y_t, prev holds s_t
+            y_new = prev - gamma * inner_grad(s, prev, lam)
+            prev = y_new + beta * (y_new - w)
+            w = y_new
     return w
 
 
-def phi(s, lam, T, gamma):
+def phi(s, lam, T, gamma, solver="gd", beta=0.0):
     """Φ(λ) = f(w_T(λ))."""
-    return outer_value(s, gd(s, lam, T, gamma))
+    return outer_value(s, gd(s, lam, T, gamma, solver=solver, beta=beta))
 
 
 def central_diff(fun, x, eps=1e-6):

@@ -10,22 +10,22 @@ from fastbilevel import kernels as K
 @njit
 def l2_sweep(X, indptr, indices, data, y, Xv, ipv, ixv, dv, yv, d, lams,
              gamma, T, nchunks):
-    """d/dλ f(w_T(λ)) for a logistic model with r = ½e^λ‖w‖², for many λ."""
+    """d/dλ f(w_T(λ)) for a logistic model with r = ½e^λ‖w‖², for many λ,
+    by reverse mode through T gradient-descent steps."""
+    # the reverse-mode action list: store the T points, seed α = ∇f(w_T),
+    # T reverse steps, add B₀ᵀα (nothing for this map)
+    actions = np.array([[K.ADV_STORE, T], [K.INIT_ADJ, 0], [K.REV_BUF, T],
+                        [K.FINISH, 0]])
     out = np.empty(lams.shape[0])
-    traj = np.empty((T, 1, d))           # w_0..w_{T-1}, reused across λ
     gvals = np.empty(T)
-    no_w = np.empty(0)                    # no sample weights
+    none = np.empty(0)                    # no sample weights
     for k in range(lams.shape[0]):
         rdiag = np.full(d, np.exp(lams[k]))
-        W, diverged = K.gd_loop(X, indptr, indices, data, y, no_w, K.LOGISTIC,
-                                rdiag, np.empty((0, 0)), np.zeros((1, d)),
-                                gamma, T, traj, gvals, nchunks)
-        alpha = np.empty_like(W)
-        K.oracle_pass(Xv, ipv, ixv, dv, yv, no_w, K.LOGISTIC, W, W, True,  # α = ∇_w f
-                      False, alpha, alpha, no_w, nchunks)
         h = np.zeros(1)
-        K.reverse_sweep(X, indptr, indices, data, y, no_w, no_w, K.LOGISTIC,
-                        K.L2, rdiag, gamma, traj, alpha, h, nchunks)
+        W, f, diverged, counts = K.run_schedule(
+            X, indptr, indices, data, y, none, none, K.LOGISTIC, K.L2, rdiag,
+            np.empty((0, 0)), Xv, ipv, ixv, dv, yv, K.GD, gamma, 0.0,
+            np.zeros((1, d)), T, actions, 0, T, gvals, h, nchunks)
         out[k] = h[0]
     return out
 # ---------------------------------------------------------------------------

@@ -9,15 +9,18 @@ dtype is its own compiled specialization. Weights W have shape (c, d).
 from ._rowmath import (BIASED_L2, FEATURE_L2, INIT, L2, LINEAR, LOGISTIC,
                        MULTINOMIAL, SAMPLE_WEIGHTS, sigmoid, sigmoid_prime,
                        softplus)
-from .inner import gd_loop
 from .oracles import (cross_add, oracle_pass, reg_grad_add, reg_hvp_add,
                       reg_value)
-from .reverse import reverse_sweep
+from .unroll import (ADV, ADV_STORE, AGD, FINISH, GD, HEAVY_BALL, INIT_ADJ,
+                     RESTORE, REV_BUF, REV_STATE, SNAP, forward_mode,
+                     run_schedule)
 
 __all__ = [
     "LINEAR", "LOGISTIC", "MULTINOMIAL",
     "SAMPLE_WEIGHTS", "FEATURE_L2", "L2", "BIASED_L2", "INIT",
     "sigmoid", "sigmoid_prime", "softplus",
     "oracle_pass", "reg_value", "reg_grad_add", "reg_hvp_add", "cross_add",
-    "gd_loop", "reverse_sweep",
+    "GD", "HEAVY_BALL", "AGD",
+    "ADV", "ADV_STORE", "SNAP", "RESTORE", "INIT_ADJ", "REV_STATE", "REV_BUF", "FINISH",
+    "run_schedule", "forward_mode",
 ]

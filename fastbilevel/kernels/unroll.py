@@ -1,0 +1,332 @@
+"""Differentiating through the unrolled inner loop: one compiled interpreter
+runs every exact (and truncated) reverse-mode method from a list of actions.
+
+Solvers (DESIGN §3), with the state S of shape (nstate, c, d):
+  gd          S = [w_t]             w_{t+1} = w_t − γ∇g(w_t)
+  heavy_ball  S = [w_t, w_{t−1}]    w_{t+1} = w_t − γ∇g(w_t) + β(w_t − w_{t−1}),  w_{−1} = w_0
+  agd         S = [y_t, s_t]        y_{t+1} = s_t − γ∇g(s_t);  s_{t+1} = y_{t+1} + β(y_{t+1} − y_t)
+The gradient is taken at the point p(S) (w_t, or s_t for agd); the output is S[0].
+
+Reverse sweep with adjoints (P, Q), one fused pass (H(p_t)v and J(p_t)v) per step:
+  gd          h −= γJ P;  P ← P − γH P
+  heavy_ball  (P, Q) = (ā_{t+1}, ā_{t+2}):  h −= γJ P;  (P, Q) ← ((1+β)P − γH P − βQ, P)
+  agd         (P, Q) = (partial ȳ_{t+1}, s̄_{t+1}):  P += (1+β)Q;  y' = −βQ;
+              h −= γJ P;  Q ← P − γH P;  P ← y'
+and the adjoint of w_0 is P (gd), P − βQ (heavy_ball), P + Q (agd).
+
+Actions (rows of an int64 array (n, 2): opcode, argument):
+  ADV n        advance n steps
+  ADV_STORE n  advance n steps, storing the points p_t in buf[t − base] (base = t at the op)
+  SNAP k       snapshot slot k ← S (and its time)
+  RESTORE k    S ← snapshot slot k
+  INIT a       α = ∇f at the output: of S (a = 0, t must be T) or of one step
+               past S (a = 1, t = T − 1, S unchanged); sets P = α, Q = 0
+  REV_STATE    one reverse step at time t using p(S)
+  REV_BUF n    n reverse steps using the stored points
+  FINISH       h += B₀ᵀ(adjoint of w_0) for ``init`` if the sweep reached t = 0
+"""
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .. import config
+from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
+from .csr import _axpy_csr, _dots_csr
+from .dense import _axpy_dense, _dots_dense
+from .oracles import _pass, cross_add, reg_grad_add, reg_hvp_add, reg_value
+
+GD = 0
+HEAVY_BALL = 1
+AGD = 2
+
+ADV = 0
+ADV_STORE = 1
+SNAP = 2
+RESTORE = 3
+INIT_ADJ = 4
+REV_STATE = 5
+REV_BUF = 6
+FINISH = 7
+
+_GROWTH = config.DIVERGENCE_GROWTH
+
+
+@njit(cache=True)
+def n_state(solver):
+    """Vectors in the solver state: 1 (gd) or 2 (heavy_ball, agd)."""
+    return 1 if solver == GD else 2
+
+
+@njit(cache=True)
+def init_state(solver, W0):
+    """S_0: [w_0], [w_0, w_{−1} = w_0] or [y_0, s_0] = [w_0, w_0]."""
+    c, d = W0.shape
+    S = np.empty((n_state(solver), c, d))
+    for k in range(S.shape[0]):
+        S[k] = W0
+    return S
+
+
+@njit(cache=True)
+def point(solver, S):
+    """Where the solver takes its gradient: w_t, or s_t for agd."""
+    return S[1] if solver == AGD else S[0]
+
+
+@njit(cache=True)
+def solver_step(solver, gamma, beta, S, G):
+    """S_t → S_{t+1} given G = ∇g(p(S_t))."""
+    A = S[0]
+    if solver == GD:
+        A -= gamma * G
+    elif solver == HEAVY_BALL:
+        B = S[1]
+        new = A - gamma * G + beta * (A - B)
+        B[:] = A
+        A[:] = new
+    else:
+        B = S[1]
+        ynew = B - gamma * G
+        B[:] = ynew + beta * (ynew - A)
+        A[:] = ynew
+
+
+@njit(cache=True)
+def adjoint_pre(solver, beta, P, Q):
+    """agd: P += (1+β)Q before the pass; returns the part of ȳ_t, −βQ (else empty)."""
+    if solver == AGD:
+        yt = -beta * Q
+        P += (1.0 + beta) * Q
+        return yt
+    return np.empty((0, 0))
+
+
+@njit(cache=True)
+def adjoint_post(solver, gamma, beta, P, Q, HP, yt):
+    """The adjoint update after the pass, HP = ∇²g(p_t) P (regularizer included)."""
+    if solver == GD:
+        P -= gamma * HP
+    elif solver == HEAVY_BALL:
+        new = (1.0 + beta) * P - gamma * HP - beta * Q
+        Q[:] = P
+        P[:] = new
+    else:
+        Q[:] = P - gamma * HP
+        P[:] = yt
+
+
+@njit(cache=True)
+def w0_adjoint(solver, beta, P, Q):
+    """Total adjoint of w_0 at the end of a full sweep."""
+    if solver == GD:
+        return P.copy()
+    if solver == HEAVY_BALL:
+        return P - beta * Q
+    return P + Q
+
+
+@njit(cache=True, parallel=True)
+def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
+                 prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
+                 actions, nslots, buf_len, gvals, h, nchunks):
+    """Run an action list (see the module docstring) and return
+    (w_T, f(w_T), status, counts) where status = −1, or the step at which the
+    inner loop diverged (the run stops there), and counts = [gradient passes,
+    HVP passes, validation passes, peak snapshot slots used]. h (length dim λ)
+    is accumulated into: pass zeros for the hypergradient."""
+    c, d = W0.shape
+    ns = n_state(solver)
+    S = init_state(solver, W0)
+    snaps = np.empty((nslots, ns, c, d))
+    snap_t = np.zeros(nslots, dtype=np.int64)
+    buf = np.empty((buf_len, c, d))
+    base = 0
+    t = 0
+    tr = T - 1
+    G = np.empty((c, d))
+    HP = np.empty((c, d))
+    P = np.zeros((c, d))
+    Q = np.zeros((c, d))
+    WT = W0.copy()
+    fval = np.nan
+    no_cross = np.empty(0)
+    cross = np.empty(y.shape[0] if hyper == 0 else 0)
+    counts = np.zeros(4, dtype=np.int64)
+    used = np.zeros(nslots, dtype=np.bool_)
+    g0 = 0.0
+    have_g0 = False
+    for q in range(actions.shape[0]):
+        op = actions[q, 0]
+        arg = actions[q, 1]
+        if op == ADV or op == ADV_STORE:
+            if op == ADV_STORE:
+                base = t
+            for _ in range(arg):
+                p = point(solver, S)
+                if op == ADV_STORE:
+                    buf[t - base] = p
+                v = _pass(X, indptr, indices, data, y, a, model, p, p, True,
+                          False, G, G, no_cross, nchunks)
+                v += reg_value(rdiag, prior, p)
+                counts[0] += 1
+                gvals[t] = v
+                if not have_g0:
+                    g0 = v
+                    have_g0 = True
+                if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
+                    return WT, fval, t, counts
+                reg_grad_add(rdiag, prior, p, G)
+                solver_step(solver, gamma, beta, S, G)
+                t += 1
+        elif op == SNAP:
+            snaps[arg] = S
+            snap_t[arg] = t
+            if not used[arg]:
+                used[arg] = True
+                counts[3] += 1
+        elif op == RESTORE:
+            S[:] = snaps[arg]
+            t = snap_t[arg]
+        elif op == INIT_ADJ:
+            if arg == 1:
+                Sn = S.copy()
+                p = point(solver, Sn)
+                v = _pass(X, indptr, indices, data, y, a, model, p, p, True,
+                          False, G, G, no_cross, nchunks)
+                counts[0] += 1
+                gvals[t] = v + reg_value(rdiag, prior, p)
+                reg_grad_add(rdiag, prior, p, G)
+                solver_step(solver, gamma, beta, Sn, G)
+                WT[:] = Sn[0]
+            else:
+                WT[:] = S[0]
+            fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True,
+                         False, P, P, no_cross, nchunks)
+            counts[2] += 1
+            Q[:] = 0.0
+        elif op == REV_STATE or op == REV_BUF:
+            nsteps = 1 if op == REV_STATE else arg
+            for _ in range(nsteps):
+                p = point(solver, S) if op == REV_STATE else buf[tr - base]
+                yt = adjoint_pre(solver, beta, P, Q)
+                _pass(X, indptr, indices, data, y, a, model, p, P, False, True,
+                      HP, HP, cross, nchunks)
+                counts[1] += 1
+                cross_add(hyper, rdiag, da, p, P, cross, -gamma, h)
+                reg_hvp_add(rdiag, P, HP)
+                adjoint_post(solver, gamma, beta, P, Q, HP, yt)
+                tr -= 1
+        elif op == FINISH:
+            if tr == -1 and hyper == INIT:
+                h += w0_adjoint(solver, beta, P, Q).ravel()
+    return WT, fval, -1, counts
+
+
+def _row_dl_axpy(X, indptr, indices, data, i, yi, model, W, coef, out):
+    """out += coef · ℓ'(W x_i; y_i) ⊗ x_i for the single row i."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_row_dl_axpy, inline="always")
+def _ol_row_dl_axpy(X, indptr, indices, data, i, yi, model, W, coef, out):
+    if isinstance(indptr, types.NoneType):
+        def dense_impl(X, indptr, indices, data, i, yi, model, W, coef, out):
+            c = W.shape[0]
+            z = np.empty(c)
+            dl = np.empty(c)
+            _dots_dense(X, i, W, z)
+            row_derivs(model, yi, z, z, False, dl, dl)
+            _axpy_dense(X, i, coef * dl, out)
+        return dense_impl
+
+    def csr_impl(X, indptr, indices, data, i, yi, model, W, coef, out):
+        c = W.shape[0]
+        z = np.empty(c)
+        dl = np.empty(c)
+        _dots_csr(indptr, indices, data, i, W, z)
+        row_derivs(model, yi, z, z, False, dl, dl)
+        _axpy_csr(indptr, indices, data, i, coef * dl, out)
+    return csr_impl
+
+
+@njit(cache=True)
+def init_tangents(solver, hyper, c, d, m):
+    """Z_0 = B_0 = dw_0/dλ for each of the m hyperparameters: the identity
+    for ``init`` (every state vector starts at λ), zero otherwise."""
+    Z = np.zeros((m, n_state(solver), c, d))
+    if hyper == INIT:
+        for k in range(c):
+            for j in range(d):
+                for s in range(Z.shape[1]):
+                    Z[k * d + j, s, k, j] = 1.0
+    return Z
+
+
+@njit(cache=True, parallel=True)
+def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
+                 prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
+                 gvals, h, nchunks):
+    """Forward-mode hypergradient (Shaban eq. 7): the tangents Z_t = dS_t/dλ_j,
+    one per hyperparameter, follow the solver's own (linear) step with the
+    gradient replaced by its directional derivative H(p_t)Ż + ∂_{λ_j}∇_w g(p_t);
+    at the end h_j = ⟨∇_w f(w_T), Z_T[j]⟩. The first tangent shares the
+    gradient's pass. Returns (w_T, f(w_T), status, counts) like run_schedule."""
+    c, d = W0.shape
+    m = h.shape[0]
+    S = init_state(solver, W0)
+    Z = init_tangents(solver, hyper, c, d, m)
+    G = np.empty((c, d))
+    HV = np.empty((c, d))
+    no_cross = np.empty(0)
+    counts = np.zeros(4, dtype=np.int64)
+    inv_n = 1.0 / y.shape[0]
+    g0 = 0.0
+    for t in range(T):
+        p = point(solver, S)
+        v = 0.0
+        for j in range(m):
+            Zp = point(solver, Z[j])
+            if j == 0:
+                v = _pass(X, indptr, indices, data, y, a, model, p, Zp, True,
+                          True, G, HV, no_cross, nchunks)
+            else:
+                _pass(X, indptr, indices, data, y, a, model, p, Zp, False, True,
+                      HV, HV, no_cross, nchunks)
+            counts[1] += 1
+            reg_hvp_add(rdiag, Zp, HV)
+            if hyper == SAMPLE_WEIGHTS:
+                _row_dl_axpy(X, indptr, indices, data, j, y[j], model, p,
+                             da[j] * inv_n, HV)
+            elif hyper == FEATURE_L2:
+                for k in range(c):
+                    HV[k, j] += rdiag[j] * p[k, j]
+            elif hyper == L2:
+                HV += rdiag[0] * p
+            elif hyper == BIASED_L2:
+                HV[j // d, j % d] -= rdiag[j % d]
+            solver_step(solver, gamma, beta, Z[j], HV)
+        if m == 0:
+            v = _pass(X, indptr, indices, data, y, a, model, p, p, True, False,
+                      G, G, no_cross, nchunks)
+        counts[0] += 1
+        v += reg_value(rdiag, prior, p)
+        gvals[t] = v
+        if t == 0:
+            g0 = v
+        if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
+            return S[0].copy(), np.nan, t, counts
+        reg_grad_add(rdiag, prior, p, G)
+        solver_step(solver, gamma, beta, S, G)
+    WT = S[0].copy()
+    fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True, False,
+                 G, G, no_cross, nchunks)
+    counts[2] += 1
+    for j in range(m):
+        s = 0.0
+        for k in range(c):
+            for jj in range(d):
+                s += G[k, jj] * Z[j, 0, k, jj]
+        h[j] += s
+    return WT, fval, -1, counts
