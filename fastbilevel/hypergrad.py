@@ -148,8 +148,25 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         ``config.MAX_TRAJECTORY_BYTES``, or when the inner loop diverges
         with this step size.
     """
-    t0 = time.perf_counter()
     _checks.check_choice("method", method, METHODS)
+    if method == "forward":
+        if K is not None or snapshots is not None:
+            raise ValueError("K and snapshots do not apply to method='forward'")
+        sched = None
+    else:
+        sched = lambda T: build_schedule(method, T, K, snapshots, schedule)
+    r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum, sched, method)
+    r.stats["method"] = method
+    if method == "checkpointed":
+        r.stats["schedule"] = schedule
+    return r
+
+
+def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_schedule,
+                 label):
+    """Validate, run the schedule ``make_schedule(T)`` (forward mode when it
+    is None) and package the result; ``label`` names the method in errors."""
+    t0 = time.perf_counter()
     _checks.check_choice("solver", solver, SOLVERS)
     T = _checks.check_scalar("steps", steps, low=0, integer=True)
     hp = problem._lam_in(lam)
@@ -167,27 +184,21 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     code = SOLVERS[solver]
     nstate = 1 if solver == "gd" else 2
     vec = problem.dim_w * 8
-    stats = {"method": method, "solver": solver, "steps": T, "step_size": gamma,
-             "momentum": beta}
-    if method == "forward":
-        if K is not None or snapshots is not None:
-            raise ValueError("K and snapshots do not apply to method='forward'")
+    if make_schedule is None:
         held = problem.dim_lam * nstate * vec
         _check_bytes(held, f"method='forward' would hold dim λ × dim w = "
                            f"{problem.dim_lam} × {problem.dim_w} tangents")
         nslots = 0
     else:
-        sched = build_schedule(method, T, K, snapshots, schedule)
+        sched = make_schedule(T)
         held = sched.nslots * nstate * vec + sched.buf_len * vec
-        _check_bytes(held, f"steps={T}: method={method!r} would store")
+        _check_bytes(held, f"steps={T}: method={label!r} would store")
         nslots = sched.nslots
-        if method == "checkpointed":
-            stats["schedule"] = schedule
     gvals = np.zeros(max(T, 1))
     h = np.zeros(problem.dim_lam)
     args = (*problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper,
             hp.rdiag, hp.prior, *problem.val, problem.y_val, code, gamma, beta, W0, T)
-    if method == "forward":
+    if make_schedule is None:
         WT, value, status, counts = forward_mode(*args, gvals, h, nchunks())
         passes = T * max(1, problem.dim_lam)
     else:
@@ -196,7 +207,8 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         passes = int(counts[0] + counts[1])
     if status >= 0:
         _raise_divergence(problem, lam, gamma, gvals, status)
-    stats.update({
+    stats = {
+        "method": None, "solver": solver, "steps": T, "step_size": gamma, "momentum": beta,
         "time_s": time.perf_counter() - t0,
         "passes": passes,
         "gradient_passes": int(counts[0]),
@@ -206,14 +218,21 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         "snapshots": nslots,
         "recomputed_steps": int(counts[0]) - T,
         "inner_values": gvals[:T].copy(),
-    })
+    }
     return HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
+
+
+def _fmt_bytes(n):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _check_bytes(nbytes, what):
     if nbytes > config.MAX_TRAJECTORY_BYTES:
-        raise ValueError(f"{what} {nbytes / 2**30:.2f} GiB, above "
-                         f"config.MAX_TRAJECTORY_BYTES={config.MAX_TRAJECTORY_BYTES / 2**30:.2f} GiB")
+        raise ValueError(f"{what} {_fmt_bytes(nbytes)}, above config.MAX_TRAJECTORY_BYTES="
+                         f"{_fmt_bytes(config.MAX_TRAJECTORY_BYTES)}")
 
 
 def _raise_divergence(problem, lam, gamma, gvals, t):
@@ -222,3 +241,54 @@ def _raise_divergence(problem, lam, gamma, gvals, t):
         f"step_size={gamma:.4g} makes the inner loop diverge: g went from "
         f"{gvals[0]:.4g} to {gvals[t]:.4g} at step {t}. The smoothness of g is "
         f"about L={L:.4g}; gradient descent needs step_size < 2/L = {2 / L:.4g}")
+
+
+def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,
+          momentum=None):
+    """The inner loop alone: w_T after ``steps`` steps of ``solver`` (same
+    arguments as :func:`hypergradient`), with f(w_T) and stats (time_s,
+    passes, inner_values). No trajectory is kept."""
+    r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
+                     lambda T: schedules.Schedule([(schedules.ADV, T), (schedules.INIT_ADJ, 0)], 0, 0),
+                     "solve")
+    return r
+
+
+def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
+    """The fastest exact method for T = ``steps`` within ``memory_bytes`` of
+    trajectory storage, counted in passes over X (an H·v pass costing
+    ``hvp_cost`` gradient passes; 1.3 measured on dense multinomial data).
+
+    Returns a dict: ``method``, ``snapshots`` (for checkpointed), ``bytes``
+    held, ``passes`` (gradient + H·v), ``cost`` (gradient-pass units). The
+    candidates are ``reverse`` (T points), ``checkpointed`` with the revolve
+    schedule and as many snapshots as fit, ``recompute`` (one state), and
+    ``forward`` (dim λ tangents). Raises ValueError if not even one solver
+    state fits.
+    """
+    T = _checks.check_scalar("steps", steps, low=0, integer=True)
+    budget = _checks.check_scalar("memory_bytes", memory_bytes, low=0)
+    _checks.check_choice("solver", solver, SOLVERS)
+    vec = problem.dim_w * 8
+    state = vec * (1 if solver == "gd" else 2)
+    options = []
+    if T * vec <= budget:
+        options.append({"method": "reverse", "snapshots": None, "bytes": T * vec,
+                        "passes": 2 * T, "cost": T + hvp_cost * T})
+    s = int(min(T, budget // state)) if state else 0
+    if s >= 2:
+        f = schedules.revolve_cost(T, s) + 1
+        options.append({"method": "checkpointed", "snapshots": s, "bytes": s * state,
+                        "passes": f + T, "cost": f + hvp_cost * T})
+    if state <= budget:
+        f = T + (T - 1) * (T - 2) // 2 if T > 1 else T
+        options.append({"method": "recompute", "snapshots": None, "bytes": state,
+                        "passes": f + T, "cost": f + hvp_cost * T})
+    m = problem.dim_lam
+    if m * state <= budget:
+        options.append({"method": "forward", "snapshots": None, "bytes": m * state,
+                        "passes": T * max(1, m), "cost": T * (hvp_cost + (m - 1) * hvp_cost)})
+    if not options:
+        raise ValueError(f"memory_bytes={budget:.0f} holds not even one solver state "
+                         f"({state} bytes)")
+    return min(options, key=lambda o: (o["cost"], o["bytes"]))

@@ -162,3 +162,32 @@ def test_momentum_divergence_reported():
     with pytest.raises(ValueError, match="diverge"):
         fb.hypergradient(prob, 0.0, "checkpointed", "heavy_ball", steps=300,
                          step_size=5.0 / L, momentum=0.5)
+
+
+def test_solve_is_the_inner_loop_alone():
+    prob, _ = make_problem("logistic", "feature_l2", "csr64")
+    lam = random_lam(prob)
+    for solver, beta in (("gd", None), ("agd", 0.4)):
+        s = fb.solve(prob, lam, solver, steps=20, step_size=0.3, momentum=beta)
+        r = fb.hypergradient(prob, lam, "reverse", solver, steps=20, step_size=0.3, momentum=beta)
+        assert np.array_equal(s.w, r.w) and s.value == r.value
+        assert s.stats["passes"] == 20 and s.stats["trajectory_bytes"] == 0
+
+
+def test_plan_picks_fastest_method_within_budget():
+    prob, _ = make_problem("multinomial", "sample_weights", "dense64")
+    vec = prob.dim_w * 8
+    TT = 200
+    assert fb.plan(prob, TT, TT * vec)["method"] == "reverse"
+    p = fb.plan(prob, TT, 12 * vec)
+    assert p["method"] == "checkpointed" and p["snapshots"] == 12
+    assert fb.plan(prob, TT, vec)["method"] == "recompute"
+    with pytest.raises(ValueError, match="not even one solver state"):
+        fb.plan(prob, TT, vec - 1)
+    # the plan runs within its budget and costs what it says
+    lam = random_lam(prob)
+    r = fb.hypergradient(prob, lam, p["method"], steps=TT, step_size=0.3, snapshots=p["snapshots"])
+    assert r.stats["trajectory_bytes"] <= 12 * vec and r.stats["passes"] == p["passes"]
+    # one hyperparameter: forward mode (T shared passes) beats every reverse method
+    q, _ = make_problem("logistic", "l2", "dense64")
+    assert fb.plan(q, TT, 10**9)["method"] == "forward"
