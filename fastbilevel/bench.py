@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from . import config
 from ._parallel import nchunks
-from .hypergrad import hypergradient, resolve_step_size
+from .hypergrad import hypergradient, resolve_step_size, solve
 from .reference import numpy_reverse
 
 _FM = set(config.FASTMATH)
@@ -82,38 +82,65 @@ def pass_costs(problem):
     return b_tr, b_va
 
 
-def reverse_cost(problem, steps):
-    """(bytes, flops) that reverse-mode through ``steps`` GD steps must move:
-    T gradient passes, T HVP passes, one validation gradient pass."""
+def method_cost(problem, stats):
+    """(bytes, flops) a run must move, from the passes it made: a gradient pass
+    does 4·nnz·c flops, an H·v pass 6·nnz·c (a forward-mode pass shared with
+    the gradient 8·nnz·c), each reads X once; validation passes read X_val."""
     b_tr, b_va = pass_costs(problem)
     c = problem.c
-    flops = steps * (4 + 6) * problem.nnz * c + 4 * problem.nnz_val * c
-    return 2 * steps * b_tr + b_va, flops
+    if stats["method"] == "forward":
+        T, m = stats["steps"], max(1, problem.dim_lam)
+        flops = T * (8 + 6 * (m - 1)) * problem.nnz * c if problem.dim_lam else 4 * T * problem.nnz * c
+        passes = T * m
+    else:
+        flops = (4 * stats["gradient_passes"] + 6 * stats["hvp_passes"]) * problem.nnz * c
+        passes = stats["gradient_passes"] + stats["hvp_passes"]
+    flops += 4 * stats["val_passes"] * problem.nnz_val * c
+    return passes * b_tr + stats["val_passes"] * b_va, flops
 
 
-def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None):
-    """Time each method on (problem, lam); returns one dict per method."""
+def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
+                snapshots=None, schedule="revolve", K=None):
+    """A zero-argument callable running ``method`` once; returns its stats
+    (``numpy``: the NumPy reference reverse sweep; ``solve``: the inner loop
+    alone)."""
+    if method == "numpy":
+        def run():
+            numpy_reverse(problem, lam, steps, gamma, dtype=problem.dtype)
+            return {"method": "numpy", "steps": steps, "gradient_passes": steps,
+                    "hvp_passes": steps, "val_passes": 1, "trajectory_bytes": steps * problem.dim_w * 8}
+        return run
+    if method == "solve":
+        return lambda: dict(solve(problem, lam, solver, steps, gamma, momentum=momentum).stats,
+                            method="solve")
+    kw = {"snapshots": snapshots, "schedule": schedule} if method == "checkpointed" else \
+        {"K": K if K is not None else max(1, steps // 10)} if method == "truncated" else {}
+    return lambda: hypergradient(problem, lam, method, solver, steps=steps, step_size=gamma,
+                                 momentum=momentum, **kw).stats
+
+
+def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, **opts):
+    """Time each method on (problem, lam) in this process; one dict per method.
+    ``opts``: solver, momentum, snapshots, schedule, K."""
     gamma = resolve_step_size(problem, lam, step_size)
-    nbytes, flops = reverse_cost(problem, steps)
-    bound = max(nbytes / (peaks["read_GBps"] * 1e9), flops / (peaks["gemm_GFLOPs"] * 1e9))
-    calls = {
-        "reverse": lambda: hypergradient(problem, lam, "reverse", steps=steps, step_size=gamma),
-        "numpy": lambda: numpy_reverse(problem, lam, steps, gamma, dtype=problem.dtype),
-    }
     rows = []
     for m in methods:
-        fun = calls[m]
+        fun = method_call(problem, lam, m, steps, gamma, **opts)
         t0 = time.perf_counter()
-        fun()
+        st = fun()
         first = time.perf_counter() - t0
         med, ts = median_time(fun, repeats)
+        nbytes, flops = method_cost(problem, st)
+        bound = max(nbytes / (peaks["read_GBps"] * 1e9), flops / (peaks["gemm_GFLOPs"] * 1e9))
         rows.append({
             "method": m, "dtype": str(problem.dtype), "steps": steps,
             "first_call_s": first, "median_s": med, "times_s": ts,
-            "passes": 2 * steps + 1, "bytes": nbytes, "flops": flops,
+            "passes": int(st["gradient_passes"] + st["hvp_passes"]) if m != "forward"
+            else steps * max(1, problem.dim_lam),
+            "bytes": nbytes, "flops": flops,
             "GBps": nbytes / med / 1e9, "GFLOPs": flops / med / 1e9,
             "roofline_s": bound, "roofline_frac": bound / med,
-            "trajectory_bytes": steps * problem.dim_w * 8,
+            "trajectory_bytes": int(st["trajectory_bytes"]),
         })
     base = {r["dtype"]: r["median_s"] for r in rows if r["method"] == "numpy"}
     for r in rows:
@@ -122,12 +149,69 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None):
 
 
 def format_table(rows):
-    head = (f"{'method':<10}{'dtype':<9}{'T':>5}{'first s':>9}{'median s':>10}"
-            f"{'passes':>8}{'GB/s':>8}{'GFLOP/s':>9}{'roofline':>10}{'vs numpy':>10}")
+    head = (f"{'method':<13}{'dtype':<9}{'T':>5}{'first s':>9}{'median s':>10}"
+            f"{'passes':>8}{'GB/s':>8}{'GFLOP/s':>9}{'roofline':>10}{'vs numpy':>10}{'traj MB':>9}"
+            + (f"{'RSS MB':>8}{'+run MB':>9}" if any("rss_MB" in r for r in rows) else ""))
     out = [head, "-" * len(head)]
     for r in rows:
         sp = f"{r['speedup_vs_numpy']:.2f}x" if r["speedup_vs_numpy"] else "-"
-        out.append(f"{r['method']:<10}{r['dtype']:<9}{r['steps']:>5}{r['first_call_s']:>9.3f}"
+        out.append(f"{r['method']:<13}{r['dtype']:<9}{r['steps']:>5}{r['first_call_s']:>9.3f}"
                    f"{r['median_s']:>10.4f}{r['passes']:>8}{r['GBps']:>8.1f}{r['GFLOPs']:>9.1f}"
-                   f"{100 * r['roofline_frac']:>9.1f}%{sp:>10}")
+                   f"{100 * r['roofline_frac']:>9.1f}%{sp:>10}{r['trajectory_bytes'] / 1e6:>9.2f}"
+                   + (f"{r['rss_MB']:>8.0f}{r['rss_MB'] - r['rss_before_MB']:>9.1f}"
+                      if "rss_MB" in r else ""))
     return "\n".join(out)
+
+
+def peak_rss_mb(spec):
+    """(resident MB before the run, peak resident MB during it) of a fresh
+    process that builds the problem in ``spec`` and runs one method once:
+    see ``python -m fastbilevel.bench``. The peak is reset after the problem
+    is built (Linux ``/proc/self/clear_refs``), so it is the method's own
+    peak above what the data already holds; where the reset is not
+    available it is the process's peak."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "fastbilevel.bench", json.dumps(spec)],
+                         capture_output=True, text=True, check=True)
+    before, peak = out.stdout.strip().splitlines()[-1].split()
+    return float(before), float(peak)
+
+
+def _proc_status_mb(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0
+    raise OSError(field)
+
+
+def _rss_child(spec):
+    import gc
+    import resource
+
+    from .cli.main import _dataset, _default_lam
+    ds = _dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
+    prob = ds.problem(hyper=spec["hyper"], dtype=spec["dtype"])
+    del ds
+    lam = _default_lam(prob)
+    gamma = resolve_step_size(prob, lam, None)
+    run = method_call(prob, lam, spec["method"], spec["steps"], gamma, **spec["opts"])
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")          # reset the peak-RSS mark (VmHWM)
+        before = _proc_status_mb("VmRSS")
+        run()
+        return before, _proc_status_mb("VmHWM")
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        run()
+        return before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(*_rss_child(json.loads(sys.argv[1])))

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
-METHODS = ("reverse", "numpy")
+METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "solve", "numpy")
 
 # (full size, --quick size) of each built-in problem, and its default T
 _SIZES = {
@@ -46,7 +46,16 @@ def cli():
 @click.option("--problem", type=click.Choice(PROBLEMS), default="hypercleaning", show_default=True,
               help="Built-in problem (fastbilevel.datasets).")
 @click.option("--methods", default="reverse,numpy", show_default=True,
-              help="Comma-separated: reverse (fused kernels), numpy (NumPy/BLAS reference).")
+              help="Comma-separated: reverse, checkpointed, recompute, truncated, forward "
+                   "(fused kernels), solve (the inner loop alone), numpy (NumPy/BLAS reference).")
+@click.option("--hyper", type=click.Choice(["sample_weights", "feature_l2", "l2", "biased_l2", "init"]),
+              default=None, help="Override the problem's hyperparameter map.")
+@click.option("--solver", type=click.Choice(["gd", "heavy_ball", "agd"]), default="gd", show_default=True)
+@click.option("--momentum", type=float, default=None, help="β for heavy_ball/agd [from κ].")
+@click.option("--snapshots", type=click.IntRange(1), default=None, help="checkpointed: snapshots [⌈√T⌉].")
+@click.option("--schedule", type=click.Choice(["revolve", "uniform"]), default="revolve", show_default=True)
+@click.option("-K", "K", type=click.IntRange(0), default=None, help="truncated: reverse steps [T/10].")
+@click.option("--rss", is_flag=True, help="Also run each method in a fresh process and report its peak RSS.")
 @click.option("--steps", "-T", type=click.IntRange(1), default=None,
               help="Inner steps T [default: 100, or 20 with --quick].")
 @click.option("--dtype", type=click.Choice(["float64", "float32", "both"]), default="float64",
@@ -56,10 +65,11 @@ def cli():
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the results (and machine peaks) to this JSON file.")
-def bench(problem, methods, steps, dtype, repeats, quick, seed, json_path):
+def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss, steps, dtype,
+          repeats, quick, seed, json_path):
     """Time hypergradient methods on a built-in problem, with the roofline
     fraction (peak bandwidth and GEMM rate measured in the same run)."""
-    from ..bench import format_table, machine_peaks, run_bench
+    from ..bench import format_table, machine_peaks, peak_rss_mb, run_bench
     meths = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in meths if m not in METHODS]
     if bad or not meths:
@@ -75,9 +85,16 @@ def bench(problem, methods, steps, dtype, repeats, quick, seed, json_path):
     rows = []
     for dt in dtypes:
         ds = _dataset(problem, quick, seed, dt)
-        prob = ds.problem(dtype=dt)
+        prob = ds.problem(hyper=hyper, dtype=dt)
         click.echo(f"problem: {problem} {prob}")
-        rows += run_bench(prob, _default_lam(prob), meths, T, reps, peaks)
+        opts = dict(solver=solver, momentum=momentum, snapshots=snapshots, schedule=schedule, K=K)
+        new = run_bench(prob, _default_lam(prob), meths, T, reps, peaks, **opts)
+        if rss:
+            for r in new:
+                r["rss_before_MB"], r["rss_MB"] = peak_rss_mb({"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
+                                           "dtype": dt, "method": r["method"], "steps": T,
+                                           "opts": opts})
+        rows += new
     click.echo(format_table(rows))
     click.echo(f"total {time.perf_counter() - t0:.1f} s")
     if json_path:

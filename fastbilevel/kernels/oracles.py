@@ -64,7 +64,7 @@ def _pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
     Numba cannot safely cache a function that *calls* a ``parallel=True``
     function (from the cache such a caller ran the pass serially, or
     segfaulted: measured with numba 0.68), so each parallel entry point
-    (oracle_pass, gd_loop, reverse_sweep) inlines this body and its prange
+    (oracle_pass, run_schedule, forward_mode) inlines this body and its prange
     becomes that entry point's own parallel loop; everything it calls is a
     serial, cached leaf kernel. The implementation is chosen at typing time
     from the data layout (``indptr is None``: dense), so a specialization
