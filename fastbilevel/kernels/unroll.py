@@ -134,11 +134,16 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     """Run an action list (see the module docstring) and return
     (w_T, f(w_T), status, counts) where status = −1, or the step at which the
     inner loop diverged (the run stops there), and counts = [gradient passes,
-    HVP passes, validation passes, peak snapshot slots used]. h (length dim λ)
-    is accumulated into: pass zeros for the hypergradient."""
+    HVP passes, validation passes, snapshot slots used]. h (length dim λ)
+    is accumulated into: pass zeros for the hypergradient.
+
+    Every pass over the training data goes through one call site (and the
+    validation pass through another): each inlined pass is a parallel loop
+    of its own to compile, so fewer sites mean a faster first call."""
     c, d = W0.shape
     ns = n_state(solver)
     S = init_state(solver, W0)
+    Sn = np.empty_like(S)
     snaps = np.empty((nslots, ns, c, d))
     snap_t = np.zeros(nslots, dtype=np.int64)
     buf = np.empty((buf_len, c, d))
@@ -152,7 +157,7 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     WT = W0.copy()
     fval = np.nan
     no_cross = np.empty(0)
-    cross = np.empty(y.shape[0] if hyper == 0 else 0)
+    cross = np.empty(y.shape[0] if hyper == SAMPLE_WEIGHTS else 0)
     counts = np.zeros(4, dtype=np.int64)
     used = np.zeros(nslots, dtype=np.bool_)
     g0 = 0.0
@@ -160,67 +165,72 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     for q in range(actions.shape[0]):
         op = actions[q, 0]
         arg = actions[q, 1]
-        if op == ADV or op == ADV_STORE:
-            if op == ADV_STORE:
-                base = t
-            for _ in range(arg):
-                p = point(solver, S)
-                if op == ADV_STORE:
-                    buf[t - base] = p
-                v = _pass(X, indptr, indices, data, y, a, model, p, p, True,
-                          False, G, G, no_cross, nchunks)
-                v += reg_value(rdiag, prior, p)
-                counts[0] += 1
-                gvals[t] = v
-                if not have_g0:
-                    g0 = v
-                    have_g0 = True
-                if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
-                    return WT, fval, t, counts
-                reg_grad_add(rdiag, prior, p, G)
-                solver_step(solver, gamma, beta, S, G)
-                t += 1
-        elif op == SNAP:
+        if op == SNAP:
             snaps[arg] = S
             snap_t[arg] = t
             if not used[arg]:
                 used[arg] = True
                 counts[3] += 1
-        elif op == RESTORE:
+            continue
+        if op == RESTORE:
             S[:] = snaps[arg]
             t = snap_t[arg]
-        elif op == INIT_ADJ:
-            if arg == 1:
-                Sn = S.copy()
-                p = point(solver, Sn)
-                v = _pass(X, indptr, indices, data, y, a, model, p, p, True,
-                          False, G, G, no_cross, nchunks)
-                counts[0] += 1
-                gvals[t] = v + reg_value(rdiag, prior, p)
-                reg_grad_add(rdiag, prior, p, G)
-                solver_step(solver, gamma, beta, Sn, G)
-                WT[:] = Sn[0]
-            else:
-                WT[:] = S[0]
-            fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True,
-                         False, P, P, no_cross, nchunks)
-            counts[2] += 1
-            Q[:] = 0.0
-        elif op == REV_STATE or op == REV_BUF:
-            nsteps = 1 if op == REV_STATE else arg
-            for _ in range(nsteps):
+            continue
+        if op == FINISH:
+            if tr == -1 and hyper == INIT:
+                h += w0_adjoint(solver, beta, P, Q).ravel()
+            continue
+        rev = op == REV_STATE or op == REV_BUF
+        if op == ADV_STORE:
+            base = t
+        if op == INIT_ADJ:
+            Sn[:] = S
+        nrep = 1 if op == REV_STATE else arg  # INIT_ADJ: one step past S (arg 1) or none
+        for _ in range(nrep):
+            # the point and direction of this pass
+            if rev:
                 p = point(solver, S) if op == REV_STATE else buf[tr - base]
                 yt = adjoint_pre(solver, beta, P, Q)
-                _pass(X, indptr, indices, data, y, a, model, p, P, False, True,
-                      HP, HP, cross, nchunks)
+                V = P
+                out = HP
+                cr = cross
+            else:
+                p = point(solver, Sn if op == INIT_ADJ else S)
+                if op == ADV_STORE:
+                    buf[t - base] = p
+                yt = np.empty((0, 0))
+                V = p
+                out = G
+                cr = no_cross
+            v = _pass(X, indptr, indices, data, y, a, model, p, V, not rev, rev,
+                      out, out, cr, nchunks)
+            if rev:
                 counts[1] += 1
                 cross_add(hyper, rdiag, da, p, P, cross, -gamma, h)
                 reg_hvp_add(rdiag, P, HP)
                 adjoint_post(solver, gamma, beta, P, Q, HP, yt)
                 tr -= 1
-        elif op == FINISH:
-            if tr == -1 and hyper == INIT:
-                h += w0_adjoint(solver, beta, P, Q).ravel()
+                continue
+            counts[0] += 1
+            v += reg_value(rdiag, prior, p)
+            gvals[t] = v
+            if not have_g0:
+                g0 = v
+                have_g0 = True
+            if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
+                return WT, fval, t, counts
+            reg_grad_add(rdiag, prior, p, G)
+            if op == INIT_ADJ:
+                solver_step(solver, gamma, beta, Sn, G)
+            else:
+                solver_step(solver, gamma, beta, S, G)
+                t += 1
+        if op == INIT_ADJ:
+            WT[:] = Sn[0] if arg == 1 else S[0]
+            fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True,
+                         False, P, P, no_cross, nchunks)
+            counts[2] += 1
+            Q[:] = 0.0
     return WT, fval, -1, counts
 
 
@@ -272,11 +282,12 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     one per hyperparameter, follow the solver's own (linear) step with the
     gradient replaced by its directional derivative H(p_t)Ż + ∂_{λ_j}∇_w g(p_t);
     at the end h_j = ⟨∇_w f(w_T), Z_T[j]⟩. The first tangent shares the
-    gradient's pass. Returns (w_T, f(w_T), status, counts) like run_schedule."""
+    gradient's pass (one training-pass call site, as in run_schedule).
+    Returns (w_T, f(w_T), status, counts) like run_schedule."""
     c, d = W0.shape
     m = h.shape[0]
     S = init_state(solver, W0)
-    Z = init_tangents(solver, hyper, c, d, m)
+    Z = init_tangents(solver, hyper, c, d, max(m, 1))
     G = np.empty((c, d))
     HV = np.empty((c, d))
     no_cross = np.empty(0)
@@ -286,14 +297,14 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     for t in range(T):
         p = point(solver, S)
         v = 0.0
-        for j in range(m):
+        for j in range(max(m, 1)):
             Zp = point(solver, Z[j])
+            vj = _pass(X, indptr, indices, data, y, a, model, p, Zp, j == 0,
+                       m > 0, G, HV, no_cross, nchunks)
             if j == 0:
-                v = _pass(X, indptr, indices, data, y, a, model, p, Zp, True,
-                          True, G, HV, no_cross, nchunks)
-            else:
-                _pass(X, indptr, indices, data, y, a, model, p, Zp, False, True,
-                      HV, HV, no_cross, nchunks)
+                v = vj
+            if m == 0:
+                break
             counts[1] += 1
             reg_hvp_add(rdiag, Zp, HV)
             if hyper == SAMPLE_WEIGHTS:
@@ -307,9 +318,6 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
             elif hyper == BIASED_L2:
                 HV[j // d, j % d] -= rdiag[j % d]
             solver_step(solver, gamma, beta, Z[j], HV)
-        if m == 0:
-            v = _pass(X, indptr, indices, data, y, a, model, p, p, True, False,
-                      G, G, no_cross, nchunks)
         counts[0] += 1
         v += reg_value(rdiag, prior, p)
         gvals[t] = v
