@@ -111,8 +111,7 @@ def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
                     "hvp_passes": steps, "val_passes": 1, "trajectory_bytes": steps * problem.dim_w * 8}
         return run
     if method == "solve":
-        return lambda: dict(solve(problem, lam, solver, steps, gamma, momentum=momentum).stats,
-                            method="solve")
+        return lambda: solve(problem, lam, solver, steps, gamma, momentum=momentum).stats
     kw = {"snapshots": snapshots, "schedule": schedule} if method == "checkpointed" else \
         {"K": K if K is not None else max(1, steps // 10)} if method == "truncated" else {}
     return lambda: hypergradient(problem, lam, method, solver, steps=steps, step_size=gamma,

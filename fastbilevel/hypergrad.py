@@ -37,8 +37,8 @@ class HypergradientResult:
         self.grad, self.value, self.w, self.stats = grad, value, w, stats
 
     def __repr__(self):
-        return (f"HypergradientResult(value={self.value:.6g}, "
-                f"|grad|={np.linalg.norm(self.grad):.6g}, "
+        g = "None" if self.grad is None else f"{np.linalg.norm(self.grad):.6g}"
+        return (f"HypergradientResult(value={self.value:.6g}, |grad|={g}, "
                 f"time_s={self.stats['time_s']:.4g}, passes={self.stats['passes']})")
 
 
@@ -89,6 +89,7 @@ def build_schedule(method, T, K, snapshots, schedule):
             raise ValueError(f"K={K} must be <= steps={T}")
         return schedules.truncated(T, K)
     _checks.check_choice("schedule", schedule, SCHEDULES)
+    # default ⌈√T⌉ (isqrt(T − 1) + 1 for T ≥ 1; 1 for T = 0)
     s = max(1, math.isqrt(max(T - 1, 0)) + 1) if snapshots is None else \
         _checks.check_scalar("snapshots", snapshots, low=1, integer=True)
     return schedules.revolve(T, s) if schedule == "revolve" else schedules.uniform(T, s)
@@ -246,11 +247,14 @@ def _raise_divergence(problem, lam, gamma, gvals, t):
 def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,
           momentum=None):
     """The inner loop alone: w_T after ``steps`` steps of ``solver`` (same
-    arguments as :func:`hypergradient`), with f(w_T) and stats (time_s,
-    passes, inner_values). No trajectory is kept."""
+    arguments as :func:`hypergradient`). Returns a HypergradientResult with
+    ``grad`` None, ``w`` = w_T, ``value`` = f(w_T) and stats (time_s,
+    passes, inner_values, ...). No trajectory is kept."""
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
                      lambda T: schedules.Schedule([(schedules.ADV, T), (schedules.INIT_ADJ, 0)], 0, 0),
                      "solve")
+    r.grad = None
+    r.stats["method"] = "solve"
     return r
 
 
