@@ -112,6 +112,11 @@ def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
         return run
     if method == "solve":
         return lambda: solve(problem, lam, solver, steps, gamma, momentum=momentum).stats
+    if method.startswith("implicit_"):
+        ls = {"implicit_cg": "cg", "implicit_neumann": "neumann", "implicit_hb": "heavy_ball"}[method]
+        return lambda: hypergradient(problem, lam, "implicit", solver, steps=steps, step_size=gamma,
+                                     momentum=momentum, linear_solver=ls,
+                                     K=K if K is not None else 100).stats
     kw = {"snapshots": snapshots, "schedule": schedule} if method == "checkpointed" else \
         {"K": K if K is not None else max(1, steps // 10)} if method == "truncated" else {}
     return lambda: hypergradient(problem, lam, method, solver, steps=steps, step_size=gamma,
@@ -148,13 +153,13 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, **op
 
 
 def format_table(rows):
-    head = (f"{'method':<13}{'dtype':<9}{'T':>5}{'first s':>9}{'median s':>10}"
+    head = (f"{'method':<17}{'dtype':<9}{'T':>5}{'first s':>9}{'median s':>10}"
             f"{'passes':>8}{'GB/s':>8}{'GFLOP/s':>9}{'roofline':>10}{'vs numpy':>10}{'traj MB':>9}"
             + (f"{'RSS MB':>8}{'+run MB':>9}" if any("rss_MB" in r for r in rows) else ""))
     out = [head, "-" * len(head)]
     for r in rows:
         sp = f"{r['speedup_vs_numpy']:.2f}x" if r["speedup_vs_numpy"] else "-"
-        out.append(f"{r['method']:<13}{r['dtype']:<9}{r['steps']:>5}{r['first_call_s']:>9.3f}"
+        out.append(f"{r['method']:<17}{r['dtype']:<9}{r['steps']:>5}{r['first_call_s']:>9.3f}"
                    f"{r['median_s']:>10.4f}{r['passes']:>8}{r['GBps']:>8.1f}{r['GFLOPs']:>9.1f}"
                    f"{100 * r['roofline_frac']:>9.1f}%{sp:>10}{r['trajectory_bytes'] / 1e6:>9.2f}"
                    + (f"{r['rss_MB']:>8.0f}{r['rss_MB'] - r['rss_before_MB']:>9.1f}"

@@ -5,10 +5,13 @@ import time
 import numpy as np
 
 from . import _checks, config, schedules
+from .kernels import cross_add, oracle_pass
+from .kernels.implicit import CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, implicit_solve
 from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule
 from ._parallel import nchunks
 
-METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward")
+METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward", "implicit")
+LINEAR_SOLVERS = {"cg": CG, "neumann": NEUMANN, "heavy_ball": HEAVY_BALL_LS}
 SOLVERS = {"gd": GD, "heavy_ball": HEAVY_BALL, "agd": AGD}
 SCHEDULES = ("revolve", "uniform")
 
@@ -97,7 +100,8 @@ def build_schedule(method, T, K, snapshots, schedule):
 
 def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   step_size=None, w0=None, *, K=None, snapshots=None,
-                  schedule="revolve", momentum=None):
+                  schedule="revolve", momentum=None, linear_solver="cg", tol=1e-10,
+                  v0=None, eta=None):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
     Parameters
@@ -121,6 +125,13 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         tangent per hyperparameter (dim λ·dim w·8 bytes, T·dim λ passes);
         meant for few hyperparameters (e.g. ``l2``) and refused when the
         tangents exceed ``config.MAX_TRAJECTORY_BYTES``.
+        ``implicit`` — AID (thesis Alg. 1; FSLA Lemma 2): runs the inner loop
+        to ŵ = w_T, solves H(ŵ)v = ∇_w f(ŵ) with ``linear_solver`` in at
+        most K steps (default 100) or until ‖∇_w f − Hv‖ ≤ tol·‖∇_w f‖, and
+        returns ∇_λ f − J(ŵ)v. Exact only as T and K grow (on strongly
+        convex inner problems); holds O(dim w). ``stats`` add ``residual``,
+        ``linear_steps``, ``converged`` and ``v`` (shape of w: pass it back
+        as ``v0`` to warm-start the next solve).
     solver : {"gd", "heavy_ball", "agd"}
         ``gd``: w_{t+1} = w_t − γ∇g(w_t). ``heavy_ball``: + β(w_t − w_{t−1}).
         ``agd``: Nesterov (AccBiO) y_{t+1} = s_t − γ∇g(s_t),
@@ -137,6 +148,12 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     schedule : {"revolve", "uniform"}, for ``checkpointed``.
     momentum : float in [0, 1), for ``heavy_ball`` and ``agd``; default from
         κ = L/μ (see :func:`resolve_momentum`).
+    linear_solver : {"cg", "neumann", "heavy_ball"}, for ``implicit``.
+        ``neumann``: v ← v + η(b − Hv), η = ``eta`` (default 1/L);
+        ``heavy_ball``: AccBiO's α = 4/(√L+√μ)², β = ((√κ−1)/(√κ+1))².
+    tol : float ≥ 0, for ``implicit`` (relative residual).
+    v0 : array_like, shape of w, for ``implicit`` (default 0).
+    eta : float > 0, for ``implicit`` with ``neumann``.
 
     Returns
     -------
@@ -150,6 +167,9 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         with this step size.
     """
     _checks.check_choice("method", method, METHODS)
+    if method == "implicit":
+        return _implicit(problem, lam, solver, steps, step_size, w0, momentum, K,
+                         snapshots, linear_solver, tol, v0, eta)
     if method == "forward":
         if K is not None or snapshots is not None:
             raise ValueError("K and snapshots do not apply to method='forward'")
@@ -296,3 +316,66 @@ def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
         raise ValueError(f"memory_bytes={budget:.0f} holds not even one solver state "
                          f"({state} bytes)")
     return min(options, key=lambda o: (o["cost"], o["bytes"]))
+
+
+def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots,
+              linear_solver, tol, v0, eta):
+    t0 = time.perf_counter()
+    if snapshots is not None:
+        raise ValueError("snapshots does not apply to method='implicit'")
+    _checks.check_choice("linear_solver", linear_solver, LINEAR_SOLVERS)
+    K = 100 if K is None else _checks.check_scalar("K", K, low=0, integer=True)
+    tol = _checks.check_scalar("tol", tol, low=0.0)
+    r = solve(problem, lam, solver, steps, step_size, w0, momentum=momentum)
+    hp = problem._lam_in(lam)
+    W = problem._w_in("w", r.w)
+    b = np.empty_like(W)
+    nch = nchunks()
+    oracle_pass(*problem.val, problem.y_val, np.empty(0), problem._model, W, W, True,
+                False, b, b, np.empty(0), nch)
+    V0 = np.zeros_like(W) if v0 is None else problem._w_in("v0", v0)
+    L = problem.lipschitz(lam)
+    mu = float(hp.rdiag.min())
+    alpha = beta = 0.0
+    if linear_solver == "neumann":
+        eta = 1.0 / L if eta is None else _checks.check_scalar("eta", eta, low=0.0,
+                                                                 low_inclusive=False)
+    else:
+        if eta is not None:
+            raise ValueError("eta applies to linear_solver='neumann'")
+        eta = 0.0
+        if linear_solver == "heavy_ball":
+            if mu <= 0.0:
+                raise ValueError("linear_solver='heavy_ball' needs a strongly convex inner "
+                                 "problem (reg > 0) for its step sizes")
+            alpha = 4.0 / (math.sqrt(L) + math.sqrt(mu)) ** 2
+            q = math.sqrt(L / mu)
+            beta = ((q - 1.0) / (q + 1.0)) ** 2
+    v, resid, it, status = implicit_solve(*problem.train, problem.y, hp.a, problem._model,
+                                          hp.rdiag, W, b, V0, LINEAR_SOLVERS[linear_solver],
+                                          K, tol, eta, alpha, beta, nch)
+    if status == DIVERGED:
+        raise ValueError(
+            f"linear_solver={linear_solver!r} diverged at step {it} (residual {resid:.3g}); "
+            f"H has L≈{L:.4g}" + (f", so eta={eta:.4g} must be < 2/L = {2 / L:.4g}"
+                                  if linear_solver == "neumann" else ""))
+    h = np.zeros(problem.dim_lam)
+    cross = np.empty(problem.n if problem.hyper == "sample_weights" else 0)
+    extra = 0
+    if cross.shape[0]:
+        tmp = np.empty_like(W)
+        oracle_pass(*problem.train, problem.y, hp.a, problem._model, W, v, False, True,
+                    tmp, tmp, cross, nch)
+        extra = 1
+    cross_add(problem._hyper, hp.rdiag, hp.da, W, v, cross, -1.0, h)
+    st = r.stats
+    st.update({
+        "method": "implicit", "linear_solver": linear_solver,
+        "time_s": time.perf_counter() - t0,
+        "residual": float(resid), "linear_steps": int(it),
+        "converged": status == CONVERGED, "v": problem._w_out(v),
+        "hvp_passes": int(it) + 1 + extra,
+        "val_passes": st["val_passes"] + 1,
+    })
+    st["passes"] = st["gradient_passes"] + st["hvp_passes"]
+    return HypergradientResult(problem._lam_out(h), r.value, r.w, st)

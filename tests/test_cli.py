@@ -31,12 +31,15 @@ def test_info():
 def test_bench_all_methods_with_rss(tmp_path):
     out = tmp_path / "r.json"
     res = CliRunner().invoke(cli, ["bench", "--problem", "toy", "-T", "6", "--repeats", "1", "--quick",
-                                   "--methods", "reverse,checkpointed,recompute,truncated,forward,solve,numpy",
+                                   "--methods", "reverse,checkpointed,recompute,truncated,forward,solve,numpy,"
+                                   "implicit_cg,implicit_neumann",
                                    "--solver", "agd", "--momentum", "0.3", "--snapshots", "2", "-K", "3",
                                    "--rss", "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"reverse", "checkpointed", "recompute", "truncated", "forward", "solve", "numpy"}
+    assert set(rows) == {"reverse", "checkpointed", "recompute", "truncated", "forward", "solve", "numpy",
+                         "implicit_cg", "implicit_neumann"}
+    assert rows["implicit_cg"]["passes"] <= 6 + 3 + 1  # T gradient + at most K + 1 H·v passes
     assert rows["reverse"]["passes"] == 12 and rows["truncated"]["passes"] == 9
     assert rows["checkpointed"]["passes"] > 12 and rows["solve"]["passes"] == 6
     assert all(r["rss_MB"] > 0 for r in rows.values())

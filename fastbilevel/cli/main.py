@@ -8,7 +8,8 @@ import click
 import numpy as np
 
 PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
-METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "solve", "numpy")
+METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
+           "implicit_neumann", "implicit_hb", "solve", "numpy")
 
 # (full size, --quick size) of each built-in problem, and its default T
 _SIZES = {
@@ -46,15 +47,17 @@ def cli():
 @click.option("--problem", type=click.Choice(PROBLEMS), default="hypercleaning", show_default=True,
               help="Built-in problem (fastbilevel.datasets).")
 @click.option("--methods", default="reverse,numpy", show_default=True,
-              help="Comma-separated: reverse, checkpointed, recompute, truncated, forward "
-                   "(fused kernels), solve (the inner loop alone), numpy (NumPy/BLAS reference).")
+              help="Comma-separated: reverse, checkpointed, recompute, truncated, forward, "
+                   "implicit_cg, implicit_neumann, implicit_hb (fused kernels), solve (the inner "
+                   "loop alone), numpy (NumPy/BLAS reference).")
 @click.option("--hyper", type=click.Choice(["sample_weights", "feature_l2", "l2", "biased_l2", "init"]),
               default=None, help="Override the problem's hyperparameter map.")
 @click.option("--solver", type=click.Choice(["gd", "heavy_ball", "agd"]), default="gd", show_default=True)
 @click.option("--momentum", type=float, default=None, help="β for heavy_ball/agd [from κ].")
 @click.option("--snapshots", type=click.IntRange(1), default=None, help="checkpointed: snapshots [⌈√T⌉].")
 @click.option("--schedule", type=click.Choice(["revolve", "uniform"]), default="revolve", show_default=True)
-@click.option("-K", "K", type=click.IntRange(0), default=None, help="truncated: reverse steps [T/10].")
+@click.option("-K", "K", type=click.IntRange(0), default=None,
+              help="truncated: reverse steps [T/10]; implicit: linear-solver steps [100].")
 @click.option("--rss", is_flag=True, help="Also run each method in a fresh process and report its peak RSS.")
 @click.option("--steps", "-T", type=click.IntRange(1), default=None,
               help="Inner steps T [default: 100, or 20 with --quick].")
