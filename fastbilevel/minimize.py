@@ -1,0 +1,171 @@
+"""Outer drivers: minimize Φ(λ) = f(w_T(λ)) over λ (DESIGN §5; thesis Alg. 1
+and 2), with warm starts of w (and of v for ``implicit``) between outer
+iterations, bounds on λ, a callback and a history."""
+import math
+import time
+
+import numpy as np
+
+from . import _checks
+from .hypergrad import METHODS, hypergradient
+
+OUTER = ("sgd", "adam", "nesterov")
+
+
+class History:
+    """Per outer iteration, as arrays: ``outer_value`` (f(w_T) at the point
+    where the hypergradient was taken), ``grad_norm`` (‖hypergradient‖),
+    ``inner_grad_norm`` (‖∇_w g(w_T, λ)‖, the inner residual), ``residual``
+    (linear-solver residual, NaN unless ``implicit``), ``linear_steps``,
+    ``passes`` (passes over X, cumulative), ``time_s`` (wall time,
+    cumulative)."""
+
+    FIELDS = ("outer_value", "grad_norm", "inner_grad_norm", "residual",
+              "linear_steps", "passes", "time_s")
+
+    def __init__(self):
+        self._rows = []
+
+    def _append(self, **row):
+        self._rows.append(row)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getattr__(self, name):
+        if name in History.FIELDS:
+            return np.array([r[name] for r in self._rows])
+        raise AttributeError(name)
+
+    def as_table(self):
+        """The history as aligned text, one line per outer iteration."""
+        head = f"{'iter':>5}{'outer':>14}{'|grad|':>12}{'|inner g|':>12}{'lin res':>11}{'passes':>9}{'time s':>9}"
+        lines = [head]
+        for k, r in enumerate(self._rows):
+            lines.append(f"{k:>5}{r['outer_value']:>14.6g}{r['grad_norm']:>12.4g}"
+                         f"{r['inner_grad_norm']:>12.4g}{r['residual']:>11.3g}"
+                         f"{r['passes']:>9}{r['time_s']:>9.3f}")
+        return "\n".join(lines)
+
+
+class MinimizeResult:
+    """``lam`` (final λ), ``history`` (:class:`History`), ``w`` and ``v``
+    (the last inner solution and linear-system solution, for warm starts),
+    ``last`` (the last HypergradientResult)."""
+
+    __slots__ = ("lam", "history", "w", "v", "last")
+
+    def __init__(self, lam, history, w, v, last):
+        self.lam, self.history, self.w, self.v, self.last = lam, history, w, v, last
+
+    def __repr__(self):
+        h = self.history
+        return (f"MinimizeResult(iters={len(h)}, outer {h.outer_value[0]:.6g} -> "
+                f"{h.outer_value[-1]:.6g}, time_s={h.time_s[-1]:.3g})")
+
+
+def _bounds(problem, bounds):
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError("bounds must be a pair (low, high) of scalars or arrays of λ's shape")
+    lo = np.broadcast_to(np.asarray(bounds[0], dtype=float), problem.lam_shape)
+    hi = np.broadcast_to(np.asarray(bounds[1], dtype=float), problem.lam_shape)
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
+        raise ValueError("bounds: need low <= high everywhere (no NaN)")
+    return lo, hi
+
+
+def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
+             decay=None, outer_momentum=0.9, betas=(0.9, 0.999), bounds=None,
+             warm_start=True, callback=None, **hypergradient_kw):
+    """Minimize Φ(λ) = f(w_T(λ)) with hypergradients from :func:`hypergradient`.
+
+    Parameters
+    ----------
+    problem : BilevelProblem
+    lam0 : array_like, shape ``problem.lam_shape``
+    method : any :func:`hypergradient` method (default ``implicit``: AID-BiO;
+        ``reverse`` etc.: ITD-BiO).
+    outer : {"sgd", "adam", "nesterov"}
+        ``sgd``: λ ← λ − η_k ∇Φ; ``adam``: Adam with ``betas``; ``nesterov``:
+        AccBiO's outer momentum, λ_{k+1} = z_k − η_k∇Φ(z_k),
+        z_{k+1} = λ_{k+1} + β(λ_{k+1} − λ_k) with β = ``outer_momentum``.
+    iters : int ≥ 1, lr : float > 0
+    decay : None or "sqrt"
+        η_k = lr (constant) or lr/√(k+1).
+    bounds : (low, high), optional
+        λ is clipped to [low, high] after every update (scalars or arrays).
+    warm_start : bool
+        Start each inner loop at the previous w_T (not for ``init``, whose
+        start is λ) and each implicit linear solve at the previous v.
+    callback : callable(k, lam, result) -> bool, optional
+        Called after every hypergradient; returning True stops.
+    **hypergradient_kw
+        Passed on (solver, steps, step_size, K, tol, linear_solver, ...).
+
+    Returns
+    -------
+    MinimizeResult
+    """
+    _checks.check_choice("method", method, METHODS)
+    _checks.check_choice("outer", outer, OUTER)
+    iters = _checks.check_scalar("iters", iters, low=1, integer=True)
+    lr = _checks.check_scalar("lr", lr, low=0.0, low_inclusive=False)
+    if decay not in (None, "sqrt"):
+        raise ValueError(f"decay={decay!r} is not None or 'sqrt'")
+    beta = _checks.check_scalar("outer_momentum", outer_momentum, low=0.0)
+    if beta >= 1:
+        raise ValueError(f"outer_momentum={beta} must be < 1")
+    for key in ("w0", "v0"):
+        if key in hypergradient_kw and warm_start:
+            raise ValueError(f"{key} is managed by minimize when warm_start=True")
+    lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
+    bnd = _bounds(problem, bounds)
+    if bnd is not None:
+        lam = np.clip(lam, *bnd)
+    z = lam.copy()                      # where the hypergradient is taken
+    m1 = np.zeros_like(lam)
+    m2 = np.zeros_like(lam)
+    hist = History()
+    w = v = last = None
+    passes = 0
+    t0 = time.perf_counter()
+    for k in range(iters):
+        kw = dict(hypergradient_kw)
+        if warm_start and w is not None and problem.hyper != "init":
+            kw["w0"] = w
+        if warm_start and v is not None and method == "implicit":
+            kw["v0"] = v
+        point = z if outer == "nesterov" else lam
+        r = hypergradient(problem, point, method, **kw)
+        g = r.grad
+        inner_g = float(np.linalg.norm(problem.inner_grad(r.w, point)))
+        passes += r.stats["passes"] + 1
+        hist._append(outer_value=r.value, grad_norm=float(np.linalg.norm(g)),
+                     inner_grad_norm=inner_g, residual=r.stats.get("residual", math.nan),
+                     linear_steps=r.stats.get("linear_steps", 0), passes=passes,
+                     time_s=time.perf_counter() - t0)
+        w, v, last = r.w, r.stats.get("v"), r
+        if callback is not None and callback(k, point.copy(), r):
+            break
+        eta = lr / math.sqrt(k + 1) if decay == "sqrt" else lr
+        if outer == "sgd":
+            lam = lam - eta * g
+        elif outer == "adam":
+            b1, b2 = betas
+            m1 = b1 * m1 + (1 - b1) * g
+            m2 = b2 * m2 + (1 - b2) * g * g
+            lam = lam - eta * (m1 / (1 - b1 ** (k + 1))) / (np.sqrt(m2 / (1 - b2 ** (k + 1))) + 1e-8)
+        else:
+            new = z - eta * g
+            if bnd is not None:
+                new = np.clip(new, *bnd)
+            z = new + beta * (new - lam)
+            lam = new
+        if bnd is not None:
+            lam = np.clip(lam, *bnd)
+            z = np.clip(z, *bnd)
+        if outer != "nesterov":
+            z = lam
+    return MinimizeResult(lam, hist, w, v, last)
