@@ -65,7 +65,7 @@ def resolve_momentum(problem, lam, solver, momentum):
         if beta >= 1.0:
             raise ValueError(f"momentum={beta} must be < 1")
         return beta
-    mu = float(problem._lam_in(lam).rdiag.min())
+    mu = problem.strong_convexity(lam)
     if mu <= 0.0:
         raise ValueError(f"solver={solver!r} needs momentum=... here: the inner problem "
                          "has no strong-convexity floor (reg = 0) to derive it from")
@@ -335,7 +335,7 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
                 False, b, b, np.empty(0), nch)
     V0 = np.zeros_like(W) if v0 is None else problem._w_in("v0", v0)
     L = problem.lipschitz(lam)
-    mu = float(hp.rdiag.min())
+    mu = problem.strong_convexity(lam)
     alpha = beta = 0.0
     if linear_solver == "neumann":
         eta = 1.0 / L if eta is None else _checks.check_scalar("eta", eta, low=0.0,

@@ -9,7 +9,8 @@ import numpy as np
 from . import _checks
 from .hypergrad import METHODS, hypergradient
 
-OUTER = ("sgd", "adam", "nesterov")
+OUTER = ("sgd", "adam", "nesterov", "hoag")
+TOL_SCHEDULES = ("exponential", "quadratic", "cubic")
 
 
 class History:
@@ -18,10 +19,11 @@ class History:
     ``inner_grad_norm`` (‖∇_w g(w_T, λ)‖, the inner residual), ``residual``
     (linear-solver residual, NaN unless ``implicit``), ``linear_steps``,
     ``passes`` (passes over X, cumulative), ``time_s`` (wall time,
-    cumulative)."""
+    cumulative), ``accepted`` (HOAG: whether the step into this point was
+    kept; always True otherwise) and ``tol`` (HOAG's tolerance ε_k, else NaN)."""
 
     FIELDS = ("outer_value", "grad_norm", "inner_grad_norm", "residual",
-              "linear_steps", "passes", "time_s")
+              "linear_steps", "passes", "time_s", "accepted", "tol")
 
     def __init__(self):
         self._rows = []
@@ -78,7 +80,8 @@ def _bounds(problem, bounds):
 
 def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
              decay=None, outer_momentum=0.9, betas=(0.9, 0.999), bounds=None,
-             warm_start=True, callback=None, **hypergradient_kw):
+             warm_start=True, callback=None, tol_schedule="quadratic", tol0=1e-2,
+             max_inner_steps=10000, **hypergradient_kw):
     """Minimize Φ(λ) = f(w_T(λ)) with hypergradients from :func:`hypergradient`.
 
     Parameters
@@ -87,10 +90,17 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
     lam0 : array_like, shape ``problem.lam_shape``
     method : any :func:`hypergradient` method (default ``implicit``: AID-BiO;
         ``reverse`` etc.: ITD-BiO).
-    outer : {"sgd", "adam", "nesterov"}
+    outer : {"sgd", "adam", "nesterov", "hoag"}
         ``sgd``: λ ← λ − η_k ∇Φ; ``adam``: Adam with ``betas``; ``nesterov``:
         AccBiO's outer momentum, λ_{k+1} = z_k − η_k∇Φ(z_k),
         z_{k+1} = λ_{k+1} + β(λ_{k+1} − λ_k) with β = ``outer_momentum``.
+        ``hoag`` (Pedregosa 2016): at iteration k the inner problem is solved
+        to ‖∇_w g‖ ≤ ε_k (warm-started chunks of ``steps`` steps, at most
+        ``max_inner_steps``) and the implicit linear system to relative
+        residual ε_k, with ε_k = tol0·0.9^k, tol0/(k+1)² or tol0/(k+1)³
+        (``tol_schedule``); a step that raises the outer value by more than
+        ε_k is rejected (λ reverts, the step size halves), an accepted one
+        grows the step size by 5%. Uses ``method="implicit"``.
     iters : int ≥ 1, lr : float > 0
     decay : None or "sqrt"
         η_k = lr (constant) or lr/√(k+1).
@@ -112,6 +122,13 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
     _checks.check_choice("outer", outer, OUTER)
     iters = _checks.check_scalar("iters", iters, low=1, integer=True)
     lr = _checks.check_scalar("lr", lr, low=0.0, low_inclusive=False)
+    if outer == "hoag":
+        if method != "implicit":
+            raise ValueError("outer='hoag' uses method='implicit'")
+        _checks.check_choice("tol_schedule", tol_schedule, TOL_SCHEDULES)
+        tol0 = _checks.check_scalar("tol0", tol0, low=0.0, low_inclusive=False)
+        max_inner_steps = _checks.check_scalar("max_inner_steps", max_inner_steps, low=1,
+                                               integer=True)
     if decay not in (None, "sqrt"):
         raise ValueError(f"decay={decay!r} is not None or 'sqrt'")
     beta = _checks.check_scalar("outer_momentum", outer_momentum, low=0.0)
@@ -124,6 +141,9 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
     bnd = _bounds(problem, bounds)
     if bnd is not None:
         lam = np.clip(lam, *bnd)
+    if outer == "hoag":
+        return _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0,
+                     max_inner_steps, warm_start, hypergradient_kw)
     z = lam.copy()                      # where the hypergradient is taken
     m1 = np.zeros_like(lam)
     m2 = np.zeros_like(lam)
@@ -145,7 +165,7 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
         hist._append(outer_value=r.value, grad_norm=float(np.linalg.norm(g)),
                      inner_grad_norm=inner_g, residual=r.stats.get("residual", math.nan),
                      linear_steps=r.stats.get("linear_steps", 0), passes=passes,
-                     time_s=time.perf_counter() - t0)
+                     time_s=time.perf_counter() - t0, accepted=True, tol=math.nan)
         w, v, last = r.w, r.stats.get("v"), r
         if callback is not None and callback(k, point.copy(), r):
             break
@@ -169,3 +189,64 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
         if outer != "nesterov":
             z = lam
     return MinimizeResult(lam, hist, w, v, last)
+
+
+def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_steps,
+          warm_start, kw):
+    """HOAG-style outer loop (see :func:`minimize`)."""
+    from .hypergrad import solve
+    kw = dict(kw)
+    solver = kw.pop("solver", "gd")
+    chunk = kw.pop("steps", 100)
+    step_size = kw.pop("step_size", None)
+    momentum = kw.pop("momentum", None)
+    for bad in ("tol", "w0", "v0"):
+        if bad in kw:
+            raise ValueError(f"{bad} is managed by outer='hoag'")
+    hist = History()
+    w = v = last = None
+    passes = 0
+    t0 = time.perf_counter()
+    step = lr
+    prev = None            # (lam, value, grad) of the last accepted point
+    k_eff = 0
+    for k in range(iters):
+        eps = {"exponential": tol0 * 0.9 ** k_eff, "quadratic": tol0 / (k_eff + 1) ** 2,
+               "cubic": tol0 / (k_eff + 1) ** 3}[tol_schedule]
+        # inner problem to ‖∇_w g‖ ≤ ε_k, warm-started, in chunks
+        w_start = w if (warm_start and w is not None and problem.hyper != "init") else None
+        done = 0
+        while True:
+            r = solve(problem, lam, solver, chunk, step_size, w_start, momentum=momentum)
+            passes += r.stats["passes"] + 1
+            done += chunk
+            gnorm = float(np.linalg.norm(problem.inner_grad(r.w, lam)))
+            w_start = r.w if problem.hyper != "init" else None
+            if gnorm <= eps or done >= max_inner_steps or problem.hyper == "init":
+                break
+        hw0 = None if problem.hyper == "init" else r.w
+        vv = v if (warm_start and v is not None) else None
+        r = hypergradient(problem, lam, "implicit", solver, steps=0, step_size=step_size,
+                          w0=hw0, momentum=momentum, tol=eps, v0=vv, **kw)
+        passes += r.stats["passes"]
+        g = r.grad
+        accepted = prev is None or r.value <= prev[1] + eps
+        hist._append(outer_value=r.value, grad_norm=float(np.linalg.norm(g)),
+                     inner_grad_norm=gnorm, residual=r.stats["residual"],
+                     linear_steps=r.stats["linear_steps"], passes=passes,
+                     time_s=time.perf_counter() - t0, accepted=accepted, tol=eps)
+        if callback is not None and callback(k, lam.copy(), r):
+            break
+        if accepted:
+            prev = (lam, r.value, g)
+            w, v, last = r.w, r.stats["v"], r
+            step *= 1.05
+            k_eff += 1
+        else:
+            step *= 0.5
+        base, _, gb = prev
+        lam = base - step * gb
+        if bnd is not None:
+            lam = np.clip(lam, *bnd)
+    final = prev[0] if prev is not None else lam
+    return MinimizeResult(final, hist, w, v, last)

@@ -245,6 +245,12 @@ class BilevelProblem:
             self._data_sq_norm = est
         return self._data_sq_norm
 
+    def strong_convexity(self, lam):
+        """Lower estimate of μ, the strong convexity of g(·, λ): the
+        regularizer's exact part min_j rdiag_j (the loss part is convex, and
+        its own curvature is not relied on)."""
+        return float(self._lam_in(lam).rdiag.min())
+
     def lipschitz(self, lam):
         """Upper estimate of L, the smoothness of g(·, λ):
         sup ℓ'' · max_i a_i · λ_max(XᵀX/n) + max_j rdiag_j."""

@@ -71,3 +71,35 @@ def test_argument_errors(kw, msg):
     prob = fb.datasets.ridge(n=20, m=10, d=5, seed=0).problem()
     with pytest.raises(ValueError, match=msg):
         fb.minimize(prob, np.zeros(5), **kw)
+
+
+@pytest.mark.parametrize("schedule", ["exponential", "quadratic", "cubic"])
+def test_hoag_lowers_outer_loss_with_shrinking_tolerances(schedule):
+    prob = fb.datasets.ridge(n=200, m=100, d=20, seed=0).problem()
+    res = fb.minimize(prob, np.zeros(20), outer="hoag", iters=25, lr=1.0, steps=50,
+                      tol_schedule=schedule)
+    h = res.history
+    assert h.outer_value[-1] < 0.2 * h.outer_value[0]
+    assert np.all(np.diff(h.tol) <= 0) and h.tol[-1] < h.tol[0]
+    # each inner problem was solved to its tolerance
+    assert np.all(h.inner_grad_norm <= h.tol * (1 + 1e-12))
+
+
+def test_hoag_rejects_steps_that_raise_the_outer_loss():
+    prob = fb.datasets.ridge(n=200, m=100, d=20, seed=0).problem()
+    res = fb.minimize(prob, np.zeros(20), outer="hoag", iters=30, lr=300.0, steps=50)
+    h = res.history
+    assert (~h.accepted.astype(bool)).sum() >= 1
+    kept = h.outer_value[h.accepted.astype(bool)]
+    assert np.all(np.diff(kept) <= h.tol[h.accepted.astype(bool)][1:])
+    assert kept[-1] < kept[0]
+
+
+def test_hoag_argument_errors():
+    prob = fb.datasets.ridge(n=20, m=10, d=5, seed=0).problem()
+    with pytest.raises(ValueError, match="outer='hoag' uses method='implicit'"):
+        fb.minimize(prob, np.zeros(5), method="reverse", outer="hoag")
+    with pytest.raises(ValueError, match="tol_schedule='linear'"):
+        fb.minimize(prob, np.zeros(5), outer="hoag", tol_schedule="linear")
+    with pytest.raises(ValueError, match="tol is managed"):
+        fb.minimize(prob, np.zeros(5), outer="hoag", tol=1e-3)
