@@ -51,11 +51,12 @@ def _dtype(dtype):
 
 
 def hypercleaning(n=20000, m=5000, d=784, c=10, corruption=0.5, seed=0,
-                  dtype=np.float64):
+                  dtype=np.float64, noise=0.35):
     """Data hyper-cleaning (Shaban Sec. 4.2.1; Franceschi et al. 2017).
 
     MNIST-like dense data in [0, 1]: c class prototypes (sparse "strokes"),
-    each sample its prototype plus noise, clipped. A fraction ``corruption``
+    each sample its prototype plus Gaussian ``noise``, clipped (larger
+    noise: more overlap between classes). A fraction ``corruption``
     of the training labels is replaced by a uniformly random class (as in
     Shaban App. G.1); validation labels are clean. Model ``multinomial``,
     map ``sample_weights`` with C = 1e-3.
@@ -66,6 +67,7 @@ def hypercleaning(n=20000, m=5000, d=784, c=10, corruption=0.5, seed=0,
     d = check_scalar("d", d, low=1, integer=True)
     c = check_scalar("c", c, low=2, integer=True)
     corruption = check_scalar("corruption", corruption, low=0.0)
+    noise = check_scalar("noise", noise, low=0.0)
     if corruption > 1:
         raise ValueError(f"corruption={corruption} must be in [0, 1]")
     rng = _rng(seed)
@@ -74,7 +76,7 @@ def hypercleaning(n=20000, m=5000, d=784, c=10, corruption=0.5, seed=0,
 
     def draw(k):
         labels = rng.integers(0, c, k)
-        X = protos[labels] + 0.35 * rng.standard_normal((k, d))
+        X = protos[labels] + noise * rng.standard_normal((k, d))
         np.clip(X, 0.0, 1.0, out=X)
         return np.ascontiguousarray(X, dtype=dt), labels
 
