@@ -103,3 +103,14 @@ def test_hoag_argument_errors():
         fb.minimize(prob, np.zeros(5), outer="hoag", tol_schedule="linear")
     with pytest.raises(ValueError, match="tol is managed"):
         fb.minimize(prob, np.zeros(5), outer="hoag", tol=1e-3)
+
+
+def test_accbio_combination_lowers_outer_loss():
+    """AccBiO (thesis Alg. 2): AGD inner loop, heavy-ball linear solver,
+    Nesterov outer momentum."""
+    prob = fb.datasets.ridge(n=200, m=100, d=10, seed=1).problem()
+    res = fb.minimize(prob, np.zeros(10), method="implicit", outer="nesterov", iters=30, lr=0.5,
+                      solver="agd", linear_solver="heavy_ball", steps=40, K=300, tol=1e-8)
+    h = res.history
+    assert h.outer_value[-1] < 0.5 * h.outer_value[0]
+    assert np.all(h.residual < 1e-6)
