@@ -88,15 +88,12 @@ def method_cost(problem, stats):
     the gradient 8·nnz·c), each reads X once; validation passes read X_val."""
     b_tr, b_va = pass_costs(problem)
     c = problem.c
-    if stats["method"] == "forward":
-        T, m = stats["steps"], max(1, problem.dim_lam)
-        flops = T * (8 + 6 * (m - 1)) * problem.nnz * c if problem.dim_lam else 4 * T * problem.nnz * c
-        passes = T * m
+    if stats["method"] == "forward":   # T·dim λ passes, the first of each step shared
+        flops = stats["steps"] * (8 + 6 * (problem.dim_lam - 1)) * problem.nnz * c
     else:
         flops = (4 * stats["gradient_passes"] + 6 * stats["hvp_passes"]) * problem.nnz * c
-        passes = stats["gradient_passes"] + stats["hvp_passes"]
     flops += 4 * stats["val_passes"] * problem.nnz_val * c
-    return passes * b_tr + stats["val_passes"] * b_va, flops
+    return stats["passes"] * b_tr + stats["val_passes"] * b_va, flops
 
 
 def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
@@ -107,7 +104,7 @@ def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
     if method == "numpy":
         def run():
             numpy_reverse(problem, lam, steps, gamma, dtype=problem.dtype)
-            return {"method": "numpy", "steps": steps, "gradient_passes": steps,
+            return {"method": "numpy", "steps": steps, "passes": 2 * steps, "gradient_passes": steps,
                     "hvp_passes": steps, "val_passes": 1, "trajectory_bytes": steps * problem.dim_w * 8}
         return run
     if method == "solve":
@@ -139,8 +136,7 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, **op
         rows.append({
             "method": m, "dtype": str(problem.dtype), "steps": steps,
             "first_call_s": first, "median_s": med, "times_s": ts,
-            "passes": int(st["gradient_passes"] + st["hvp_passes"]) if m != "forward"
-            else steps * max(1, problem.dim_lam),
+            "passes": int(st["passes"]),
             "bytes": nbytes, "flops": flops,
             "GBps": nbytes / med / 1e9, "GFLOPs": flops / med / 1e9,
             "roofline_s": bound, "roofline_frac": bound / med,

@@ -221,7 +221,7 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
             hp.rdiag, hp.prior, *problem.val, problem.y_val, code, gamma, beta, W0, T)
     if make_schedule is None:
         WT, value, status, counts = forward_mode(*args, gvals, h, nchunks())
-        passes = T * max(1, problem.dim_lam)
+        passes = T * problem.dim_lam  # dim λ ≥ 1 (l2 has shape ())
     else:
         WT, value, status, counts = run_schedule(*args, sched.actions, sched.nslots,
                                                  sched.buf_len, gvals, h, nchunks())
