@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from . import _checks, config, schedules
-from .kernels import cross_add, oracle_pass
+from .kernels import oracle_pass
 from .kernels.implicit import CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, implicit_solve
 from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule
 from ._parallel import nchunks
@@ -359,23 +359,17 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
             f"linear_solver={linear_solver!r} diverged at step {it} (residual {resid:.3g}); "
             f"H has L≈{L:.4g}" + (f", so eta={eta:.4g} must be < 2/L = {2 / L:.4g}"
                                   if linear_solver == "neumann" else ""))
-    h = np.zeros(problem.dim_lam)
-    cross = np.empty(problem.n if problem.hyper == "sample_weights" else 0)
-    extra = 0
-    if cross.shape[0]:
-        tmp = np.empty_like(W)
-        oracle_pass(*problem.train, problem.y, hp.a, problem._model, W, v, False, True,
-                    tmp, tmp, cross, nch)
-        extra = 1
-    cross_add(problem._hyper, hp.rdiag, hp.da, W, v, cross, -1.0, h)
+    v_out = problem._w_out(v)
+    grad = -problem.cross(r.w, lam, v_out)     # ∇_λ f = 0: d_λ f = −J(ŵ)v
+    extra = int(problem.hyper == "sample_weights")   # J needs a pass over X only there
     st = r.stats
     st.update({
         "method": "implicit", "linear_solver": linear_solver,
         "time_s": time.perf_counter() - t0,
         "residual": float(resid), "linear_steps": int(it),
-        "converged": status == CONVERGED, "v": problem._w_out(v),
+        "converged": status == CONVERGED, "v": v_out,
         "hvp_passes": int(it) + 1 + extra,
         "val_passes": st["val_passes"] + 1,
     })
     st["passes"] = st["gradient_passes"] + st["hvp_passes"]
-    return HypergradientResult(problem._lam_out(h), r.value, r.w, st)
+    return HypergradientResult(grad, r.value, r.w, st)
