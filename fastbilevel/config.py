@@ -17,10 +17,16 @@ DIVERGENCE_GROWTH = 1e6
 # Row chunks per parallel pass; 0 means one per Numba thread.
 NCHUNKS = 0
 
+# Chunks for the stochastic methods (minibatch SGD, stocBiO, FSLA, meta-
+# learning) when NCHUNKS is 0: a constant, so that their results are
+# bit-identical for a given seed whatever the thread count.
+STOCHASTIC_NCHUNKS = 16
+
 
 def _reset():
     """Restore the defaults (used by tests that patch this module)."""
-    global FASTMATH, MAX_TRAJECTORY_BYTES, NCHUNKS
+    global FASTMATH, MAX_TRAJECTORY_BYTES, NCHUNKS, STOCHASTIC_NCHUNKS
     FASTMATH = frozenset({"reassoc", "contract", "nsz"})
     MAX_TRAJECTORY_BYTES = 8 * 1024**3
     NCHUNKS = 0
+    STOCHASTIC_NCHUNKS = 16

@@ -8,11 +8,12 @@ from . import _checks, config, schedules
 from .kernels import oracle_pass
 from .kernels.implicit import CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, implicit_solve
 from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule
-from ._parallel import nchunks
+from ._parallel import fixed_nchunks, nchunks
 
-METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward", "implicit")
+METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward", "implicit",
+           "stocbio")
 LINEAR_SOLVERS = {"cg": CG, "neumann": NEUMANN, "heavy_ball": HEAVY_BALL_LS}
-SOLVERS = {"gd": GD, "heavy_ball": HEAVY_BALL, "agd": AGD}
+SOLVERS = {"gd": GD, "heavy_ball": HEAVY_BALL, "agd": AGD, "sgd": GD}
 SCHEDULES = ("revolve", "uniform")
 
 
@@ -45,10 +46,12 @@ class HypergradientResult:
                 f"time_s={self.stats['time_s']:.4g}, passes={self.stats['passes']})")
 
 
-def resolve_step_size(problem, lam, step_size):
-    """The user's step size, checked, or 1/L from ``problem.lipschitz``."""
+def resolve_step_size(problem, lam, step_size, minibatch=False):
+    """The user's step size, checked, or 1/L from ``problem.lipschitz``
+    (for minibatch steps the per-sample bound ``problem.lipschitz(lam,
+    per_sample=True)``, which every batch's loss obeys)."""
     if step_size is None:
-        return 1.0 / problem.lipschitz(lam)
+        return 1.0 / problem.lipschitz(lam, per_sample=minibatch)
     return _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
 
 
@@ -56,9 +59,9 @@ def resolve_momentum(problem, lam, solver, momentum):
     """β for heavy_ball and agd: the user's, or from κ = L/μ with μ the
     regularizer's strong convexity: (√κ−1)/(√κ+1) for agd (AccBiO),
     ((√κ−1)/(√κ+1))² for heavy_ball (Polyak)."""
-    if solver == "gd":
+    if solver in ("gd", "sgd"):
         if momentum is not None:
-            raise ValueError("momentum applies to solver='heavy_ball' or 'agd', not 'gd'")
+            raise ValueError(f"momentum applies to solver='heavy_ball' or 'agd', not {solver!r}")
         return 0.0
     if momentum is not None:
         beta = _checks.check_scalar("momentum", momentum, low=0.0)
@@ -72,6 +75,36 @@ def resolve_momentum(problem, lam, solver, momentum):
     q = math.sqrt(problem.lipschitz(lam) / mu)
     beta = (q - 1.0) / (q + 1.0)
     return beta if solver == "agd" else beta * beta
+
+
+def check_seed(seed):
+    """A seed: an integer in [0, 2^63)."""
+    seed = _checks.check_scalar("seed", seed, low=0, integer=True)
+    if seed >= 2**63:
+        raise ValueError(f"seed={seed} must be < 2**63")
+    return seed
+
+
+def check_batch(name, b, n, replace):
+    """A batch size in [1, n] (any size ≥ 1 when drawing with replacement)."""
+    b = _checks.check_scalar(name, b, low=1, integer=True)
+    if b > n and not replace:
+        raise ValueError(f"{name}={b} exceeds the {n} rows it is drawn from "
+                         "(without replacement)")
+    return b
+
+
+def resolve_sampler(problem, solver, batch_size, replace, seed):
+    """The kernel sampler int64 [batch, replace, seed] for ``sgd``, else None."""
+    if solver != "sgd":
+        if batch_size is not None:
+            raise ValueError(f"batch_size applies to solver='sgd', not {solver!r}")
+        return None
+    b = min(problem.n, 128) if batch_size is None else \
+        check_batch("batch_size", batch_size, problem.n, replace)
+    if not isinstance(replace, (bool, np.bool_)):
+        raise TypeError(f"replace={replace!r} must be a bool")
+    return np.array([b, int(replace), check_seed(seed)], dtype=np.int64)
 
 
 def build_schedule(method, T, K, snapshots, schedule):
@@ -101,7 +134,7 @@ def build_schedule(method, T, K, snapshots, schedule):
 def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   step_size=None, w0=None, *, K=None, snapshots=None,
                   schedule="revolve", momentum=None, linear_solver="cg", tol=1e-10,
-                  v0=None, eta=None):
+                  v0=None, eta=None, batch_size=None, replace=False, seed=0, **stocbio_kw):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
     Parameters
@@ -132,10 +165,17 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         convex inner problems); holds O(dim w). ``stats`` add ``residual``,
         ``linear_steps``, ``converged`` and ``v`` (shape of w: pass it back
         as ``v0`` to warm-start the next solve).
-    solver : {"gd", "heavy_ball", "agd"}
+        ``stocbio`` — the minibatch AID estimator of the thesis (Alg. 4-5):
+        see :func:`fastbilevel.stochastic.stocbio` for its arguments
+        (``Q``, ``eta``, ``hessian_batch``, ...), passed on from here.
+    solver : {"gd", "heavy_ball", "agd", "sgd"}
         ``gd``: w_{t+1} = w_t − γ∇g(w_t). ``heavy_ball``: + β(w_t − w_{t−1}).
         ``agd``: Nesterov (AccBiO) y_{t+1} = s_t − γ∇g(s_t),
         s_{t+1} = y_{t+1} + β(y_{t+1} − y_t), output y_T.
+        ``sgd``: gd with ∇g on a minibatch of ``batch_size`` rows drawn for
+        step t from ``seed`` (with or without ``replace``-ment) inside the
+        kernel; every ITD method differentiates exactly this sampled
+        trajectory (the reverse sweep redraws step t's batch).
     steps : int ≥ 0
         T.
     step_size : float > 0, optional
@@ -154,6 +194,11 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     tol : float ≥ 0, for ``implicit`` (relative residual).
     v0 : array_like, shape of w, for ``implicit`` (default 0).
     eta : float > 0, for ``implicit`` with ``neumann``.
+    batch_size : int ≥ 1, for ``sgd`` (default min(n, 128)).
+    replace : bool, for ``sgd``: draw with replacement (default without).
+    seed : int in [0, 2^63), for ``sgd``. The same seed gives bit-identical
+        results on any thread count (passes are split into
+        ``config.STOCHASTIC_NCHUNKS`` chunks, not one per thread).
 
     Returns
     -------
@@ -167,16 +212,31 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         with this step size.
     """
     _checks.check_choice("method", method, METHODS)
+    if method == "stocbio":
+        from .stochastic import stocbio
+        for name, val in (("K", K), ("snapshots", snapshots), ("momentum", momentum),
+                          ("v0", v0)):
+            if val is not None:
+                raise ValueError(f"{name} does not apply to method='stocbio'")
+        if solver not in ("gd", "sgd"):
+            raise ValueError(f"method='stocbio' runs minibatch SGD inner steps; "
+                             f"solver={solver!r} does not apply")
+        return stocbio(problem, lam, steps=steps, step_size=step_size, w0=w0, eta=eta,
+                       batch_size=batch_size, replace=replace, seed=seed, **stocbio_kw)
+    if stocbio_kw:
+        raise TypeError(f"unexpected arguments for method={method!r}: {sorted(stocbio_kw)}")
+    sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     if method == "implicit":
         return _implicit(problem, lam, solver, steps, step_size, w0, momentum, K,
-                         snapshots, linear_solver, tol, v0, eta)
+                         snapshots, linear_solver, tol, v0, eta, sampler)
     if method == "forward":
         if K is not None or snapshots is not None:
             raise ValueError("K and snapshots do not apply to method='forward'")
         sched = None
     else:
         sched = lambda T: build_schedule(method, T, K, snapshots, schedule)
-    r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum, sched, method)
+    r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum, sched, method,
+                     sampler)
     r.stats["method"] = method
     if method == "checkpointed":
         r.stats["schedule"] = schedule
@@ -184,14 +244,15 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
 
 
 def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_schedule,
-                 label):
+                 label, sampler=None):
     """Validate, run the schedule ``make_schedule(T)`` (forward mode when it
-    is None) and package the result; ``label`` names the method in errors."""
+    is None) and package the result; ``label`` names the method in errors;
+    ``sampler`` from :func:`resolve_sampler` (None: full-batch steps)."""
     t0 = time.perf_counter()
     _checks.check_choice("solver", solver, SOLVERS)
     T = _checks.check_scalar("steps", steps, low=0, integer=True)
     hp = problem._lam_in(lam)
-    gamma = resolve_step_size(problem, lam, step_size)
+    gamma = resolve_step_size(problem, lam, step_size, minibatch=sampler is not None)
     beta = resolve_momentum(problem, lam, solver, momentum)
     if problem.hyper == "init":
         if w0 is not None:
@@ -219,15 +280,16 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     h = np.zeros(problem.dim_lam)
     args = (*problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper,
             hp.rdiag, hp.prior, *problem.val, problem.y_val, code, gamma, beta, W0, T)
+    nch = nchunks() if sampler is None else fixed_nchunks()
     if make_schedule is None:
-        WT, value, status, counts = forward_mode(*args, gvals, h, nchunks())
+        WT, value, status, counts = forward_mode(*args, gvals, h, nch, sampler)
         passes = T * problem.dim_lam  # dim λ ≥ 1 (l2 has shape ())
     else:
         WT, value, status, counts = run_schedule(*args, sched.actions, sched.nslots,
-                                                 sched.buf_len, gvals, h, nchunks())
+                                                 sched.buf_len, gvals, h, nch, sampler)
         passes = int(counts[0] + counts[1])
     if status >= 0:
-        _raise_divergence(problem, lam, gamma, gvals, status)
+        _raise_divergence(problem, lam, gamma, gvals, status, sampler is not None)
     stats = {
         "method": None, "solver": solver, "steps": T, "step_size": gamma, "momentum": beta,
         "time_s": time.perf_counter() - t0,
@@ -240,6 +302,9 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
         "recomputed_steps": int(counts[0]) - T,
         "inner_values": gvals[:T].copy(),
     }
+    if sampler is not None:
+        stats.update(batch_size=int(sampler[0]), replace=bool(sampler[1]),
+                     seed=int(sampler[2]), rows_sampled=int(counts[0] + counts[1]) * int(sampler[0]))
     return HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
 
 
@@ -256,23 +321,25 @@ def _check_bytes(nbytes, what):
                          f"{_fmt_bytes(config.MAX_TRAJECTORY_BYTES)}")
 
 
-def _raise_divergence(problem, lam, gamma, gvals, t):
-    L = problem.lipschitz(lam)
+def _raise_divergence(problem, lam, gamma, gvals, t, minibatch=False):
+    L = problem.lipschitz(lam, per_sample=minibatch)
+    what = "g on a minibatch (per-sample bound)" if minibatch else "g"
     raise ValueError(
         f"step_size={gamma:.4g} makes the inner loop diverge: g went from "
-        f"{gvals[0]:.4g} to {gvals[t]:.4g} at step {t}. The smoothness of g is "
+        f"{gvals[0]:.4g} to {gvals[t]:.4g} at step {t}. The smoothness of {what} is "
         f"about L={L:.4g}; gradient descent needs step_size < 2/L = {2 / L:.4g}")
 
 
 def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,
-          momentum=None):
+          momentum=None, batch_size=None, replace=False, seed=0):
     """The inner loop alone: w_T after ``steps`` steps of ``solver`` (same
     arguments as :func:`hypergradient`). Returns a HypergradientResult with
     ``grad`` None, ``w`` = w_T, ``value`` = f(w_T) and stats (time_s,
     passes, inner_values, ...). No trajectory is kept."""
+    sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
                      lambda T: schedules.Schedule([(schedules.ADV, T), (schedules.INIT_ADJ, 0)], 0, 0),
-                     "solve")
+                     "solve", sampler)
     r.grad = None
     r.stats["method"] = "solve"
     return r
@@ -319,14 +386,16 @@ def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
 
 
 def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots,
-              linear_solver, tol, v0, eta):
+              linear_solver, tol, v0, eta, sampler=None):
     t0 = time.perf_counter()
     if snapshots is not None:
         raise ValueError("snapshots does not apply to method='implicit'")
     _checks.check_choice("linear_solver", linear_solver, LINEAR_SOLVERS)
     K = 100 if K is None else _checks.check_scalar("K", K, low=0, integer=True)
     tol = _checks.check_scalar("tol", tol, low=0.0)
-    r = solve(problem, lam, solver, steps, step_size, w0, momentum=momentum)
+    r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
+                     lambda T: schedules.Schedule([(schedules.ADV, T), (schedules.INIT_ADJ, 0)], 0, 0),
+                     "implicit", sampler)
     hp = problem._lam_in(lam)
     W = problem._w_in("w", r.w)
     b = np.empty_like(W)

@@ -107,6 +107,7 @@ class BilevelProblem:
                               stacklevel=2)
             self.reg = None
         self._data_sq_norm = None
+        self._max_row_sq = None
 
     # ---------------------------------------------------------------- layouts
     @property
@@ -251,13 +252,30 @@ class BilevelProblem:
         its own curvature is not relied on)."""
         return float(self._lam_in(lam).rdiag.min())
 
-    def lipschitz(self, lam):
+    def max_row_sq_norm(self):
+        """max_i ‖x_i‖² (cached)."""
+        if self._max_row_sq is None:
+            if self.sparse:
+                Xd, ip, ix, xd = self.train
+                sq = np.add.reduceat(np.asarray(xd, dtype=np.float64) ** 2, ip[:-1]) \
+                    if xd.shape[0] else np.zeros(self.n)
+                sq[ip[:-1] == ip[1:]] = 0.0     # reduceat of an empty row repeats a value
+                self._max_row_sq = float(sq.max()) if self.n else 0.0
+            else:
+                X = self.train[0]
+                self._max_row_sq = float(max(np.einsum("ij,ij->i", X, X, dtype=np.float64)
+                                             .max(initial=0.0), 0.0))
+        return self._max_row_sq
+
+    def lipschitz(self, lam, per_sample=False):
         """Upper estimate of L, the smoothness of g(·, λ):
-        sup ℓ'' · max_i a_i · λ_max(XᵀX/n) + max_j rdiag_j."""
+        sup ℓ'' · max_i a_i · λ_max(XᵀX/n) + max_j rdiag_j. With
+        ``per_sample`` λ_max(XᵀX/n) is replaced by max_i ‖x_i‖², a bound on
+        the smoothness of the loss on any minibatch."""
         hp = self._lam_in(lam)
         amax = float(hp.a.max()) if hp.a.shape[0] else 1.0
-        return (curvature_bound(self._model) * amax * self.data_sq_norm()
-                + float(hp.rdiag.max()))
+        spread = self.max_row_sq_norm() if per_sample else self.data_sq_norm()
+        return curvature_bound(self._model) * amax * spread + float(hp.rdiag.max())
 
     def __repr__(self):
         fmt = "csr" if self.sparse else "dense"

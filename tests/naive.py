@@ -127,3 +127,20 @@ def central_diff(fun, x, eps=1e-6):
 def rel_err(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def batch_grad(s, w, lam, rows):
+    """∇_w of the minibatch inner loss (1/|B|) Σ_{i∈B} a_i ℓ_i + r (rows may repeat)."""
+    W = s.W(w)
+    Xb = s.X[rows]
+    D = row_dlosses(s.model, Xb @ W, s.y[rows]) * weights(s, lam)[rows][:, None]
+    return (Xb.T @ D / len(rows) + reg_grad(s, W, lam)).reshape(np.shape(w))
+
+
+def sgd(s, lam, batches, gamma):
+    """w_T of minibatch SGD from 0 (λ for ``init``) over the given batches."""
+    w = np.array(lam, float) if s.hyper == "init" else \
+        np.zeros((s.d,) if s.c == 1 else (s.d, s.c))
+    for rows in batches:
+        w = w - gamma * batch_grad(s, w, lam, rows)
+    return w

@@ -25,7 +25,7 @@ def l2_sweep(X, indptr, indices, data, y, Xv, ipv, ixv, dv, yv, d, lams,
         W, f, diverged, counts = K.run_schedule(
             X, indptr, indices, data, y, none, none, K.LOGISTIC, K.L2, rdiag,
             np.empty((0, 0)), Xv, ipv, ixv, dv, yv, K.GD, gamma, 0.0,
-            np.zeros((1, d)), T, actions, 0, T, gvals, h, nchunks)
+            np.zeros((1, d)), T, actions, 0, T, gvals, h, nchunks, None)
         out[k] = h[0]
     return out
 # ---------------------------------------------------------------------------

@@ -65,3 +65,30 @@ def rows_csr(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
         if want_hvp:
             _axpy_csr(indptr, indices, data, i, ch, HV)
     return val
+
+
+@njit(cache=True, fastmath=_FM)
+def rows_csr_idx(indptr, indices, data, rows, lo, hi, y, a, model, W, V, want_grad,
+                 want_hvp, inv_n, G, HV, cross):
+    """``rows_csr`` over the gathered rows rows[lo..hi] (a minibatch); cross
+    is indexed by batch position."""
+    c = W.shape[0]
+    z = np.empty(c)
+    u = np.zeros(c)
+    cg = np.zeros(c)
+    ch = np.zeros(c)
+    dl = np.empty(c)
+    hu = np.empty(c)
+    val = 0.0
+    for k in range(lo, hi):
+        i = rows[k]
+        _dots_csr(indptr, indices, data, i, W, z)
+        if want_hvp:
+            _dots_csr(indptr, indices, data, i, V, u)
+        val += row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n,
+                         want_grad, want_hvp, cg, ch, cross, k, dl, hu)
+        if want_grad:
+            _axpy_csr(indptr, indices, data, i, cg, G)
+        if want_hvp:
+            _axpy_csr(indptr, indices, data, i, ch, HV)
+    return val

@@ -200,3 +200,49 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
         if want_hvp:
             _axpy_dense(X, i, CH[0], HV)
     return val
+
+
+@njit(cache=True, fastmath=_FM)
+def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n,
+                   G, HV, cross):
+    """``rows_dense`` over the gathered rows rows[lo..hi] (a minibatch):
+    blocks of 8 rows are copied into an 8×d tile and run through the same
+    register kernels, so each sampled row is read from memory once.
+    cross is indexed by batch position (a row drawn twice has two entries)."""
+    c, d = W.shape
+    Xb = np.empty((RB, d), dtype=X.dtype)
+    Z = np.empty((RB, c))
+    U = np.zeros((RB, c))
+    CG = np.zeros((RB, c))
+    CH = np.zeros((RB, c))
+    dl = np.empty(c)
+    hu = np.empty(c)
+    yb = np.empty(RB)
+    val = 0.0
+    k = lo
+    while k < hi:
+        nb = min(RB, hi - k)
+        for r in range(nb):
+            Xb[r] = X[rows[k + r]]
+            yb[r] = y[rows[k + r]]
+        for r in range(nb, RB):
+            Xb[r] = 0.0
+        if want_hvp:
+            for q in range(c):
+                _dot8x2(Xb, 0, W[q], V[q], Z, q, U, q)
+        else:
+            _dots_block(Xb, 0, W, Z)
+        for r in range(RB):
+            if r < nb:
+                val += row_coefs(model, yb[r], Z[r], U[r], weight_of(a, rows[k + r], inv_n),
+                                 inv_n, want_grad, want_hvp, CG[r], CH[r], cross, k + r,
+                                 dl, hu)
+            else:
+                CG[r] = 0.0
+                CH[r] = 0.0
+        if want_grad:
+            _axpy_block(Xb, 0, CG, G)
+        if want_hvp:
+            _axpy_block(Xb, 0, CH, HV)
+        k += RB
+    return val

@@ -11,8 +11,8 @@ from numba.extending import overload
 
 from .. import config
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
-from .csr import rows_csr
-from .dense import rows_dense
+from .csr import rows_csr, rows_csr_idx
+from .dense import rows_dense, rows_dense_idx
 
 _FM = set(config.FASTMATH)
 
@@ -106,6 +106,103 @@ def _ol_pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
                                gb[t], hb[t], cross)
         return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
     return csr_impl
+
+
+@njit(cache=True)
+def batch_chunks(indptr, rows, c, d, nchunks):
+    """How many chunks a minibatch pass over ``rows`` is split into: enough
+    work per chunk to pay for its (c, d) buffer (32 dense rows, or 8·c·d
+    nonzeros for CSR), at most ``nchunks``. A function of the batch alone,
+    so a fixed ``nchunks`` gives the same summation order on any machine."""
+    b = rows.shape[0]
+    if indptr is None:
+        per = b // 32
+    else:
+        nnz = 0
+        for k in range(b):
+            nnz += indptr[rows[k] + 1] - indptr[rows[k]]
+        per = nnz // (8 * c * d)
+    return max(1, min(nchunks, per))
+
+
+def _pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+               want_hvp, G, HV, cross, nchunks):
+    """``_pass`` over all rows (``rows`` is None: chosen at typing time) or
+    over the minibatch ``rows`` (int64 array, sorted, may repeat), with
+    weights 1/|B| instead of 1/n and ``cross`` indexed by batch position."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_pass_rows, inline="always")
+def _ol_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                  want_hvp, G, HV, cross, nchunks):
+    if isinstance(rows, types.NoneType):
+        def full_impl(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                      want_hvp, G, HV, cross, nchunks):
+            return _pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                         want_hvp, G, HV, cross, nchunks)
+        return full_impl
+    if isinstance(indptr, types.NoneType):
+        def dense_impl(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                       want_hvp, G, HV, cross, nchunks):
+            b = rows.shape[0]
+            c, d = W.shape
+            nch = batch_chunks(indptr, rows, c, d, nchunks)
+            gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
+            inv_b = 1.0 / b
+            for t in prange(nch):
+                vals[t] = rows_dense_idx(X, rows, (b * t) // nch, (b * (t + 1)) // nch,
+                                         y, a, model, W, V, want_grad, want_hvp, inv_b,
+                                         gb[t], hb[t], cross)
+            return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
+        return dense_impl
+
+    def csr_impl(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                 want_hvp, G, HV, cross, nchunks):
+        b = rows.shape[0]
+        c, d = W.shape
+        nch = batch_chunks(indptr, rows, c, d, nchunks)
+        gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
+        inv_b = 1.0 / b
+        for t in prange(nch):
+            vals[t] = rows_csr_idx(indptr, indices, data, rows, (b * t) // nch,
+                                   (b * (t + 1)) // nch, y, a, model, W, V, want_grad,
+                                   want_hvp, inv_b, gb[t], hb[t], cross)
+        return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
+    return csr_impl
+
+
+@njit(cache=True, parallel=True)
+def oracle_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                     want_hvp, G, HV, cross, nchunks):
+    """:func:`oracle_pass` restricted to the minibatch ``rows`` (sorted int64
+    row indices, repeats allowed): the data part is (1/|B|) Σ_{i∈B} a_i ℓ(z_i)
+    and ``cross`` (if of length ≥ |B|) gets ℓ'(z_i)·u_i/|B| at each batch
+    position. Only the batch's rows are read."""
+    return _pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                      want_hvp, G, HV, cross, nchunks)
+
+
+def _cross_add_rows(rows, hyper, rdiag, da, W, V, cross, scale, h):
+    """``cross_add`` for a full pass (``rows`` None) or a minibatch pass
+    (``cross`` by batch position: h[rows[k]] += scale·σ'(λ)·cross[k])."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_cross_add_rows, inline="always")
+def _ol_cross_add_rows(rows, hyper, rdiag, da, W, V, cross, scale, h):
+    if isinstance(rows, types.NoneType):
+        def full_impl(rows, hyper, rdiag, da, W, V, cross, scale, h):
+            cross_add(hyper, rdiag, da, W, V, cross, scale, h)
+        return full_impl
+
+    def batch_impl(rows, hyper, rdiag, da, W, V, cross, scale, h):
+        if hyper == SAMPLE_WEIGHTS:
+            for k in range(rows.shape[0]):
+                h[rows[k]] += scale * da[rows[k]] * cross[k]
+        else:
+            cross_add(hyper, rdiag, da, W, V, cross, scale, h)
+    return batch_impl
 
 
 @njit(cache=True, fastmath=_FM)

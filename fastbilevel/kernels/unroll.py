@@ -24,6 +24,11 @@ Actions (rows of an int64 array (n, 2): opcode, argument):
   REV_STATE    one reverse step at time t using p(S)
   REV_BUF n    n reverse steps using the stored points
   FINISH       h += B₀ᵀ(adjoint of w_0) for ``init`` if the sweep reached t = 0
+
+Minibatch SGD (``sampler`` = int64 [batch, replace, seed] instead of None):
+step t takes its gradient on the batch drawn for (seed, STREAM_INNER, t), and
+the reverse step through t (and any recomputation of t) redraws the same
+batch, so every schedule differentiates the same sampled trajectory.
 """
 import math
 
@@ -35,7 +40,9 @@ from .. import config
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
 from .csr import _axpy_csr, _dots_csr
 from .dense import _axpy_dense, _dots_dense
-from .oracles import _pass, cross_add, reg_grad_add, reg_hvp_add, reg_value
+from .oracles import (_cross_add_rows, _pass, _pass_rows, cross_add, reg_grad_add,
+                      reg_hvp_add, reg_value)
+from .sampling import STREAM_INNER, draw_rows
 
 GD = 0
 HEAVY_BALL = 1
@@ -127,15 +134,47 @@ def w0_adjoint(solver, beta, P, Q):
     return P + Q
 
 
+def _scratch(sampler, n):
+    """(perm, rows) scratch for the sampler (empty when there is none)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_scratch, inline="always")
+def _ol_scratch(sampler, n):
+    if isinstance(sampler, types.NoneType):
+        return lambda sampler, n: (np.empty(0, np.int64), np.empty(0, np.int64))
+
+    def impl(sampler, n):
+        return np.arange(n, dtype=np.int64), np.empty(sampler[0], np.int64)
+    return impl
+
+
+def _rows_at(sampler, n, t, perm, out):
+    """The minibatch of step t (None when there is no sampler: full batch)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_rows_at, inline="always")
+def _ol_rows_at(sampler, n, t, perm, out):
+    if isinstance(sampler, types.NoneType):
+        return lambda sampler, n, t, perm, out: None
+
+    def impl(sampler, n, t, perm, out):
+        return draw_rows(sampler[2], STREAM_INNER, t, n, sampler[0], sampler[1] != 0,
+                         perm, out)
+    return impl
+
+
 @njit(cache=True, parallel=True)
 def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                  prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
-                 actions, nslots, buf_len, gvals, h, nchunks):
+                 actions, nslots, buf_len, gvals, h, nchunks, sampler):
     """Run an action list (see the module docstring) and return
     (w_T, f(w_T), status, counts) where status = −1, or the step at which the
     inner loop diverged (the run stops there), and counts = [gradient passes,
     HVP passes, validation passes, snapshot slots used]. h (length dim λ)
-    is accumulated into: pass zeros for the hypergradient.
+    is accumulated into: pass zeros for the hypergradient. ``sampler`` is
+    None (full-batch steps) or int64 [batch, replace, seed] (minibatch SGD).
 
     Every pass over the training data goes through one call site (and the
     validation pass through another): each inlined pass is a parallel loop
@@ -162,6 +201,7 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     used = np.zeros(nslots, dtype=np.bool_)
     g0 = 0.0
     have_g0 = False
+    perm, rbuf = _scratch(sampler, y.shape[0])
     for q in range(actions.shape[0]):
         op = actions[q, 0]
         arg = actions[q, 1]
@@ -202,11 +242,12 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                 V = p
                 out = G
                 cr = no_cross
-            v = _pass(X, indptr, indices, data, y, a, model, p, V, not rev, rev,
-                      out, out, cr, nchunks)
+            rows = _rows_at(sampler, y.shape[0], tr if rev else t, perm, rbuf)
+            v = _pass_rows(rows, X, indptr, indices, data, y, a, model, p, V, not rev,
+                           rev, out, out, cr, nchunks)
             if rev:
                 counts[1] += 1
-                cross_add(hyper, rdiag, da, p, P, cross, -gamma, h)
+                _cross_add_rows(rows, hyper, rdiag, da, p, P, cross, -gamma, h)
                 reg_hvp_add(rdiag, P, HP)
                 adjoint_post(solver, gamma, beta, P, Q, HP, yt)
                 tr -= 1
@@ -274,15 +315,35 @@ def init_tangents(solver, hyper, c, d, m):
     return Z
 
 
+def _batch_weight(rows, j, inv_n):
+    """The weight of row j in the step's loss: 1/n (full batch) or its
+    multiplicity in the sorted minibatch over |B|."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_batch_weight, inline="always")
+def _ol_batch_weight(rows, j, inv_n):
+    if isinstance(rows, types.NoneType):
+        return lambda rows, j, inv_n: inv_n
+
+    def impl(rows, j, inv_n):
+        lo = np.searchsorted(rows, j)
+        hi = np.searchsorted(rows, j, side="right")
+        return (hi - lo) / rows.shape[0]
+    return impl
+
+
 @njit(cache=True, parallel=True)
 def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                  prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
-                 gvals, h, nchunks):
+                 gvals, h, nchunks, sampler):
     """Forward-mode hypergradient (Shaban eq. 7): the tangents Z_t = dS_t/dλ_j,
     one per hyperparameter, follow the solver's own (linear) step with the
     gradient replaced by its directional derivative H(p_t)Ż + ∂_{λ_j}∇_w g(p_t);
     at the end h_j = ⟨∇_w f(w_T), Z_T[j]⟩. The first tangent shares the
     gradient's pass (one training-pass call site, as in run_schedule).
+    ``sampler`` as in run_schedule (minibatch SGD: step t's batch for all
+    tangents).
     Returns (w_T, f(w_T), status, counts) like run_schedule."""
     c, d = W0.shape
     m = h.shape[0]
@@ -294,13 +355,15 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     counts = np.zeros(4, dtype=np.int64)
     inv_n = 1.0 / y.shape[0]
     g0 = 0.0
+    perm, rbuf = _scratch(sampler, y.shape[0])
     for t in range(T):
         p = point(solver, S)
         v = 0.0
+        rows = _rows_at(sampler, y.shape[0], t, perm, rbuf)
         for j in range(max(m, 1)):
             Zp = point(solver, Z[j])
-            vj = _pass(X, indptr, indices, data, y, a, model, p, Zp, j == 0,
-                       m > 0, G, HV, no_cross, nchunks)
+            vj = _pass_rows(rows, X, indptr, indices, data, y, a, model, p, Zp, j == 0,
+                            m > 0, G, HV, no_cross, nchunks)
             if j == 0:
                 v = vj
             if m == 0:
@@ -308,8 +371,10 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
             counts[1] += 1
             reg_hvp_add(rdiag, Zp, HV)
             if hyper == SAMPLE_WEIGHTS:
-                _row_dl_axpy(X, indptr, indices, data, j, y[j], model, p,
-                             da[j] * inv_n, HV)
+                wj = _batch_weight(rows, j, inv_n)
+                if wj != 0.0:
+                    _row_dl_axpy(X, indptr, indices, data, j, y[j], model, p,
+                                 da[j] * wj, HV)
             elif hyper == FEATURE_L2:
                 for k in range(c):
                     HV[k, j] += rdiag[j] * p[k, j]
