@@ -7,7 +7,8 @@ import time
 import numpy as np
 
 from . import _checks
-from .hypergrad import METHODS, hypergradient
+from .hypergrad import METHODS, check_seed, hypergradient
+from .kernels.sampling import derive
 
 OUTER = ("sgd", "adam", "nesterov", "hoag")
 TOL_SCHEDULES = ("exponential", "quadratic", "cubic")
@@ -18,12 +19,15 @@ class History:
     where the hypergradient was taken), ``grad_norm`` (‖hypergradient‖),
     ``inner_grad_norm`` (‖∇_w g(w_T, λ)‖, the inner residual), ``residual``
     (linear-solver residual, NaN unless ``implicit``), ``linear_steps``,
-    ``passes`` (passes over X, cumulative), ``time_s`` (wall time,
-    cumulative), ``accepted`` (HOAG: whether the step into this point was
+    ``passes`` (passes over X, cumulative; minibatch passes for the
+    stochastic methods, iterations for FSLA), ``rows`` (training rows
+    read, cumulative: the cost measure common to full-batch and minibatch
+    methods), ``time_s`` (wall time, cumulative, not counting the callback
+    or FSLA's evaluation passes), ``accepted`` (HOAG: whether the step into this point was
     kept; always True otherwise) and ``tol`` (HOAG's tolerance ε_k, else NaN)."""
 
     FIELDS = ("outer_value", "grad_norm", "inner_grad_norm", "residual",
-              "linear_steps", "passes", "time_s", "accepted", "tol")
+              "linear_steps", "passes", "rows", "time_s", "accepted", "tol")
 
     def __init__(self):
         self._rows = []
@@ -78,7 +82,7 @@ def _bounds(problem, bounds):
     return lo, hi
 
 
-def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
+def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
              decay=None, outer_momentum=0.9, betas=(0.9, 0.999), bounds=None,
              warm_start=True, callback=None, tol_schedule="quadratic", tol0=1e-2,
              max_inner_steps=10000, **hypergradient_kw):
@@ -89,8 +93,15 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
     problem : BilevelProblem
     lam0 : array_like, shape ``problem.lam_shape``
     method : any :func:`hypergradient` method (default ``implicit``: AID-BiO;
-        ``reverse`` etc.: ITD-BiO).
-    outer : {"sgd", "adam", "nesterov", "hoag"}
+        ``reverse`` etc.: ITD-BiO; ``stocbio``: thesis Alg. 4, each outer
+        iteration one :func:`~fastbilevel.stochastic.stocbio` estimate with
+        the inner SGD warm-started), or ``fsla``: the single-loop
+        :func:`~fastbilevel.stochastic.fsla` (its own STORM update of λ with
+        δ = ``lr``; ``outer`` does not apply; its arguments c_tau, c_beta,
+        c_eta, batch_size, eval_every, ... are passed on). A ``seed`` in the
+        keyword arguments (stocbio, solver="sgd") is turned into an
+        independent seed per outer iteration.
+    outer : {"sgd", "adam", "nesterov", "hoag"}, default "adam"
         ``sgd``: λ ← λ − η_k ∇Φ; ``adam``: Adam with ``betas``; ``nesterov``:
         AccBiO's outer momentum, λ_{k+1} = z_k − η_k∇Φ(z_k),
         z_{k+1} = λ_{k+1} + β(λ_{k+1} − λ_k) with β = ``outer_momentum``.
@@ -118,7 +129,15 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
     -------
     MinimizeResult
     """
-    _checks.check_choice("method", method, METHODS)
+    _checks.check_choice("method", method, METHODS + ("fsla",))
+    if method == "fsla":
+        if outer is not None:
+            raise ValueError("outer does not apply to method='fsla' (it updates λ with "
+                             "its own STORM momentum, step lr/√(k+1))")
+        from .stochastic import fsla
+        return fsla(problem, lam0, iters, delta=lr, bounds=bounds, callback=callback,
+                    **hypergradient_kw)
+    outer = "adam" if outer is None else outer
     _checks.check_choice("outer", outer, OUTER)
     iters = _checks.check_scalar("iters", iters, low=1, integer=True)
     lr = _checks.check_scalar("lr", lr, low=0.0, low_inclusive=False)
@@ -149,10 +168,14 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
     m2 = np.zeros_like(lam)
     hist = History()
     w = v = last = None
-    passes = 0
+    passes = rows = 0
+    seed = check_seed(hypergradient_kw.get("seed", 0))
     t0 = time.perf_counter()
+    t_cb = 0.0
     for k in range(iters):
         kw = dict(hypergradient_kw)
+        if method == "stocbio" or kw.get("solver") == "sgd":
+            kw["seed"] = int(derive(seed, k))
         if warm_start and w is not None and problem.hyper != "init":
             kw["w0"] = w
         if warm_start and v is not None and method == "implicit":
@@ -160,15 +183,25 @@ def minimize(problem, lam0, method="implicit", outer="adam", iters=100, lr=0.1,
         point = z if outer == "nesterov" else lam
         r = hypergradient(problem, point, method, **kw)
         g = r.grad
-        inner_g = float(np.linalg.norm(problem.inner_grad(r.w, point)))
-        passes += r.stats["passes"] + 1
+        if method == "stocbio":         # a full pass would dominate a minibatch method
+            inner_g = math.nan
+            passes += r.stats["passes"]
+            rows += r.stats["rows_sampled"]
+        else:
+            inner_g = float(np.linalg.norm(problem.inner_grad(r.w, point)))
+            passes += r.stats["passes"] + 1
+            rows += r.stats.get("rows_sampled", r.stats["passes"] * problem.n) + problem.n
         hist._append(outer_value=r.value, grad_norm=float(np.linalg.norm(g)),
                      inner_grad_norm=inner_g, residual=r.stats.get("residual", math.nan),
-                     linear_steps=r.stats.get("linear_steps", 0), passes=passes,
-                     time_s=time.perf_counter() - t0, accepted=True, tol=math.nan)
+                     linear_steps=r.stats.get("linear_steps", 0), passes=passes, rows=rows,
+                     time_s=time.perf_counter() - t0 - t_cb, accepted=True, tol=math.nan)
         w, v, last = r.w, r.stats.get("v"), r
-        if callback is not None and callback(k, point.copy(), r):
-            break
+        if callback is not None:
+            tc = time.perf_counter()
+            stop = callback(k, point.copy(), r)
+            t_cb += time.perf_counter() - tc
+            if stop:
+                break
         eta = lr / math.sqrt(k + 1) if decay == "sqrt" else lr
         if outer == "sgd":
             lam = lam - eta * g
@@ -234,7 +267,8 @@ def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_
         hist._append(outer_value=r.value, grad_norm=float(np.linalg.norm(g)),
                      inner_grad_norm=gnorm, residual=r.stats["residual"],
                      linear_steps=r.stats["linear_steps"], passes=passes,
-                     time_s=time.perf_counter() - t0, accepted=accepted, tol=eps)
+                     rows=passes * problem.n, time_s=time.perf_counter() - t0,
+                     accepted=accepted, tol=eps)
         if callback is not None and callback(k, lam.copy(), r):
             break
         if accepted:

@@ -144,3 +144,19 @@ def sgd(s, lam, batches, gamma):
     for rows in batches:
         w = w - gamma * batch_grad(s, w, lam, rows)
     return w
+
+
+def batch_outer_grad(s, w, rows):
+    W = s.W(w)
+    Xb = s.Xv[rows]
+    return (Xb.T @ row_dlosses(s.model, Xb @ W, s.yv[rows]) / len(rows)).reshape(np.shape(w))
+
+
+def batch_hvp(s, w, lam, rows, v, eps=1e-6):
+    """H_B v by central differences of the minibatch gradient."""
+    return (batch_grad(s, w + eps * v, lam, rows) - batch_grad(s, w - eps * v, lam, rows)) / (2 * eps)
+
+
+def batch_cross(s, w, lam, rows, v):
+    """J_B v = ∇_λ ⟨∇_w g_B(w, λ), v⟩ by central differences over λ."""
+    return central_diff(lambda l: float(np.sum(batch_grad(s, w, l, rows) * v)), lam)

@@ -34,7 +34,6 @@ STREAM_F = 3          # outer batch D_F
 STREAM_G = 4          # cross-term batch D_G
 STREAM_TASKS = 5      # meta-batches of tasks
 STREAM_COIN = 6       # UFO-BLO Bernoulli coins
-STREAM_V = 7          # FSLA's v-state batches (ξ2 outer, ξ3 Hessian)
 
 
 @njit(cache=True)

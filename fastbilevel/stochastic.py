@@ -1,0 +1,222 @@
+"""Stochastic hypergradients: stocBiO (Ji 2021, thesis Alg. 4-5, Prop. 3)."""
+import math
+import time
+
+import numpy as np
+
+from . import _checks
+from ._parallel import fixed_nchunks
+from .hypergrad import HypergradientResult, check_batch, check_seed, resolve_step_size
+from .kernels.stochastic import stocbio_run
+
+HESSIAN_SCHEDULES = ("decay", "uniform")
+
+
+def hessian_batch_sizes(B, Q, eta, mu, schedule="decay", n=None):
+    """|B_1|, ..., |B_Q| of stocBiO's Neumann estimator.
+
+    ``decay`` (thesis Prop. 3): |B_{Q+1−j}| = ⌈B·Q·(1−ημ)^{j−1}⌉, j = 1..Q:
+    the first product applied (B_Q) is the largest, and the later ones, whose
+    errors are damped by the preceding (I − ηH) factors, shrink
+    geometrically. ``uniform``: every |B_j| = ⌈B·Q⌉ (the same B in Prop. 3's
+    variance term, Q times as many rows per product as the smallest decayed
+    one). Sizes are clipped to [1, n]."""
+    _checks.check_choice("hessian_schedule", schedule, HESSIAN_SCHEDULES)
+    rho = 1.0 - eta * mu
+    sizes = np.empty(Q, dtype=np.int64)
+    for i in range(1, Q + 1):                 # |B_i|, i = Q + 1 − j
+        j = Q + 1 - i
+        s = B * Q * (rho ** (j - 1) if schedule == "decay" else 1.0)
+        sizes[i - 1] = max(1, math.ceil(s - 1e-9))
+    if n is not None:
+        np.minimum(sizes, n, out=sizes)
+    return sizes
+
+
+def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
+            batch_size=None, hessian_batch=None, hessian_schedule="decay",
+            hessian_sizes=None, outer_batch=None, cross_batch=None, replace=False,
+            seed=0):
+    """One stocBiO hypergradient estimate (thesis Alg. 4, lines 3-12; Alg. 5).
+
+    D = ``steps`` minibatch SGD steps from ``w0`` (warm start; default 0)
+    on batches S_t of ``batch_size`` rows give ŵ; then v_0 = ∇_w F(ŵ; D_F) on
+    ``outer_batch`` validation rows, the Neumann recursion r_Q = v_0,
+    r_{i−1} = r_i − η H(ŵ; B_i) r_i (i = Q..1) on independent batches B_i,
+    v_Q = η Σ_{i=0}^{Q} r_i, and ∇̂Φ = ∇_λ F − J(ŵ; D_G) v_Q with D_G of
+    ``cross_batch`` rows (only ``sample_weights`` reads data for J; for the
+    other maps J is exact). Each pass reads only its batch's rows.
+
+    Parameters
+    ----------
+    steps : int ≥ 0 — D. step_size : float > 0 — the SGD step α (default
+        1/L with the per-sample bound L of ``problem.lipschitz``).
+    Q : int ≥ 0 — Neumann terms. eta : float > 0 — η (default 1/L,
+        per-sample bound; Prop. 3 needs η ≤ 1/L).
+    batch_size : int — |S_t| (default min(n, 128)); also the default of
+        ``outer_batch`` (capped at m) and ``cross_batch``.
+    hessian_batch : float > 0 — B of Prop. 3 (default batch_size/Q, so the
+        largest Hessian batch is ``batch_size``); see
+        :func:`hessian_batch_sizes` for ``hessian_schedule`` ("decay" or
+        "uniform"); ``hessian_sizes`` (Q integers) overrides both.
+    replace : bool — draw batches with replacement (default without).
+    seed : int in [0, 2^63) — fixes every batch (bit-identical on any
+        thread count).
+
+    Returns
+    -------
+    HypergradientResult — ``grad`` the estimate, ``w`` ŵ (pass it back as
+    ``w0`` to warm-start the next call), ``value`` F(ŵ; D_F) (the
+    validation loss on the D_F batch), ``stats`` with ``rows_sampled``
+    (training rows read), ``val_rows``, ``hessian_sizes``, ``passes``.
+    """
+    t0 = time.perf_counter()
+    if problem.hyper == "init":
+        raise ValueError("method='stocbio' does not apply to hyper='init' (the implicit "
+                         "hypergradient of a learned start is zero); use an ITD method")
+    D = _checks.check_scalar("steps", steps, low=0, integer=True)
+    Q = _checks.check_scalar("Q", Q, low=0, integer=True)
+    if not isinstance(replace, (bool, np.bool_)):
+        raise TypeError(f"replace={replace!r} must be a bool")
+    n, m = problem.n, problem.m
+    S = min(n, 128) if batch_size is None else check_batch("batch_size", batch_size, n, replace)
+    df = min(m, S) if outer_batch is None else check_batch("outer_batch", outer_batch, m, replace)
+    dg = S if cross_batch is None else check_batch("cross_batch", cross_batch, n, replace)
+    seed = check_seed(seed)
+    hp = problem._lam_in(lam)
+    gamma = resolve_step_size(problem, lam, step_size, minibatch=True)
+    L = problem.lipschitz(lam, per_sample=True)
+    eta = 1.0 / L if eta is None else _checks.check_scalar("eta", eta, low=0.0,
+                                                           low_inclusive=False)
+    mu = problem.strong_convexity(lam)
+    if hessian_sizes is not None:
+        if hessian_batch is not None:
+            raise ValueError("give hessian_batch or hessian_sizes, not both")
+        hs = np.asarray(hessian_sizes)
+        if hs.shape != (Q,) or hs.dtype.kind not in "iu" or np.any(hs < 1):
+            raise ValueError(f"hessian_sizes must be Q={Q} integers >= 1, got {hessian_sizes!r}")
+        if not replace and np.any(hs > n):
+            raise ValueError(f"hessian_sizes exceed the {n} training rows (without replacement)")
+        hs = np.ascontiguousarray(hs, dtype=np.int64)
+    else:
+        B = S / max(Q, 1) if hessian_batch is None else \
+            _checks.check_scalar("hessian_batch", hessian_batch, low=0.0, low_inclusive=False)
+        if eta * mu >= 1.0:
+            raise ValueError(f"eta={eta:.4g} with mu={mu:.4g}: eta*mu must be < 1 "
+                             "(Prop. 3 needs eta <= 1/L)")
+        hs = hessian_batch_sizes(B, Q, eta, mu, hessian_schedule, None if replace else n)
+    W0 = np.zeros((problem.c, problem.d)) if w0 is None else problem._w_in("w0", w0)
+    h = np.zeros(problem.dim_lam)
+    W, fval, status, counts = stocbio_run(
+        *problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper, hp.rdiag,
+        hp.prior, *problem.val, problem.y_val, W0, D, gamma, S, eta, hs, df, dg,
+        bool(replace), seed, h, fixed_nchunks())
+    if status >= 0:
+        raise ValueError(f"step_size={gamma:.4g} makes the SGD loop diverge at step {status}; "
+                         f"the per-sample smoothness of g is about L={L:.4g}, so "
+                         f"step_size must be < 2/L = {2 / L:.4g}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError(f"the Neumann series diverged: eta={eta:.4g} must be <= 1/L "
+                         f"(L≈{L:.4g} per sample)")
+    sw = problem.hyper == "sample_weights"
+    stats = {
+        "method": "stocbio", "solver": "sgd", "steps": D, "step_size": gamma, "Q": Q,
+        "eta": eta, "batch_size": S, "outer_batch": df, "cross_batch": dg if sw else 0,
+        "hessian_sizes": hs, "replace": bool(replace), "seed": seed,
+        "rows_sampled": int(counts[0]), "val_rows": int(counts[1]),
+        "gradient_passes": D, "hvp_passes": Q + int(sw), "val_passes": 1,
+        "passes": D + Q + int(sw), "trajectory_bytes": 0,
+        "time_s": time.perf_counter() - t0,
+    }
+    return HypergradientResult(problem._lam_out(h), float(fval), problem._w_out(W), stats)
+
+
+def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=1.0, c_beta=1.0, c_eta=1.0,
+         batch_size=None, outer_batch=None, cross_batch=None, replace=False, seed=0,
+         bounds=None, w0=None, eval_every=50, callback=None):
+    """FSLA (Li, Gu & Huang 2022, Alg. 1): λ, ω, the v-state and the STORM
+    momentum d each move once per iteration, from minibatches; see
+    :func:`fastbilevel.kernels.stochastic.fsla_run` for the exact updates.
+    Step sizes α_k = δ/√(k+1) (the paper's δ/√k, shifted so k = 0 is
+    defined), τ = c_τα_k, β = c_βα_k, η = min(1, c_ηα_k).
+
+    Parameters
+    ----------
+    iters : int ≥ 1 — iterations. delta, c_tau, c_beta, c_eta : float > 0.
+    batch_size : int — rows of ξ_1 and ξ_3 (default min(n, 128)); also the
+        default of ``cross_batch`` (ξ_5); ``outer_batch`` (ξ_2, validation
+        rows) defaults to min(m, batch_size).
+    replace, seed : as in :func:`stocbio`.
+    bounds : (low, high), optional — λ is clipped after every update.
+    w0 : start of ω (default 0).
+    eval_every : int ≥ 1 — a history row (with the full validation loss
+        f(ω_k), whose pass is not counted in ``time_s``) every this many
+        iterations, and the callback is called then.
+    callback : callable(k, lam, w) -> bool, optional; True stops.
+
+    Returns
+    -------
+    MinimizeResult (``v`` is the final v-state; ``last`` None).
+    """
+    from .minimize import History, MinimizeResult, _bounds
+    from .kernels.stochastic import fsla_run
+    if problem.hyper == "init":
+        raise ValueError("method='fsla' does not apply to hyper='init'; use an ITD method")
+    iters = _checks.check_scalar("iters", iters, low=1, integer=True)
+    eval_every = _checks.check_scalar("eval_every", eval_every, low=1, integer=True)
+    vals = {k: _checks.check_scalar(k, v, low=0.0, low_inclusive=False) for k, v in
+            (("delta", delta), ("c_tau", c_tau), ("c_beta", c_beta), ("c_eta", c_eta))}
+    if not isinstance(replace, (bool, np.bool_)):
+        raise TypeError(f"replace={replace!r} must be a bool")
+    n, m = problem.n, problem.m
+    S = min(n, 128) if batch_size is None else check_batch("batch_size", batch_size, n, replace)
+    bv = min(m, S) if outer_batch is None else check_batch("outer_batch", outer_batch, m, replace)
+    bc = S if cross_batch is None else check_batch("cross_batch", cross_batch, n, replace)
+    seed = check_seed(seed)
+    lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
+    bnd = _bounds(problem, bounds)
+    if bnd is not None:
+        lam = np.clip(lam, *bnd)
+    hp = problem._lam_in(lam)
+    # kernel-order λ and bounds (the order of the hypergradient vector h)
+    to_k = (lambda x: np.ascontiguousarray(np.asarray(x, float).reshape(problem.d, problem.c).T)
+            .ravel()) if problem.hyper == "biased_l2" else (lambda x: np.array(x, float).ravel())
+    lk = to_k(lam)
+    lo, hi = (to_k(bnd[0]), to_k(bnd[1])) if bnd is not None else (np.empty(0), np.empty(0))
+    W = np.zeros((problem.c, problem.d)) if w0 is None else problem._w_in("w0", w0)
+    V = np.zeros_like(W)
+    dmom = np.zeros(problem.dim_lam)
+    a = hp.a.copy()
+    da = hp.da.copy()
+    rdiag = hp.rdiag.copy()
+    prior = hp.prior.copy() if problem.hyper == "biased_l2" else np.empty((0, 0))
+    reg = float(problem.reg) if problem.reg is not None else 0.0
+    hist = History()
+    rows_total = 0
+    spent = 0.0
+    k = 0
+    nch = fixed_nchunks()
+    while k < iters:
+        chunk = min(eval_every, iters - k)
+        t0 = time.perf_counter()
+        status, counts = fsla_run(
+            *problem.train, problem.y, problem._model, problem._hyper, reg, *problem.val,
+            problem.y_val, lk, W, V, dmom, a, da, rdiag, prior, k, chunk, vals["delta"],
+            vals["c_tau"], vals["c_beta"], vals["c_eta"], S, bv, bc, bool(replace), seed,
+            lo, hi, nch)
+        spent += time.perf_counter() - t0
+        if status >= 0:
+            raise ValueError(f"FSLA diverged at iteration {status}: lower delta={delta} "
+                             "(or c_tau, c_beta)")
+        k += chunk
+        rows_total += int(counts[0])
+        w = problem._w_out(W)
+        lam_pub = problem._lam_out(lk)
+        hist._append(outer_value=float(problem.outer_value(w)),
+                     grad_norm=float(np.linalg.norm(dmom)), inner_grad_norm=math.nan,
+                     residual=math.nan, linear_steps=0, passes=k, rows=rows_total,
+                     time_s=spent, accepted=True, tol=math.nan)
+        if callback is not None and callback(k, lam_pub, w):
+            break
+    return MinimizeResult(problem._lam_out(lk), hist, problem._w_out(W), problem._w_out(V),
+                          None)
