@@ -204,3 +204,103 @@ def load_sklearn(name, val_fraction=0.5, seed=0):
     return Dataset(name, np.ascontiguousarray(X[tr]), y[tr].astype(float),
                    np.ascontiguousarray(X[va]), y[va].astype(float), model, hyper,
                    reg=reg, **info)
+
+
+class TaskDataset:
+    """A family of tasks: ``X`` (N, s, d), ``y`` (N, s), ``X_test`` (N, t, d),
+    ``y_test`` (N, t), the ``model``, ``reg`` and generator facts ``info``."""
+
+    def __init__(self, name, X, y, X_test, y_test, model, reg=0.0, **info):
+        self.name = name
+        self.X, self.y, self.X_test, self.y_test = X, y, X_test, y_test
+        self.model, self.reg, self.info = model, reg, info
+
+    def problem(self, reg=None, dtype=None):
+        """The :class:`~fastbilevel.MultiTaskProblem` for these tasks."""
+        from .meta import MultiTaskProblem
+        kw = {"n_classes": self.info["n_classes"]} if self.model == "multinomial" else {}
+        return MultiTaskProblem(self.model, self.X, self.y, self.X_test, self.y_test,
+                                reg=self.reg if reg is None else reg, dtype=dtype, **kw)
+
+    def __repr__(self):
+        return (f"TaskDataset({self.name!r}, tasks={self.X.shape[0]}, shots={self.X.shape[1]}, "
+                f"test_shots={self.X_test.shape[1]}, d={self.X.shape[2]}, model={self.model!r})")
+
+
+def few_shot(n_tasks=200, shots=5, test_shots=15, d=20, model="logistic", n_classes=5,
+             spread=0.5, noise=0.1, seed=0, dtype=np.float64):
+    """Few-shot task family with shared structure plus per-task perturbation.
+
+    A shared parameter w* ~ N(0, I) (d, or d×c for multinomial); task i has
+    w_i = w* + ``spread``·N(0, I); inputs x ~ N(0, I/d)·√d (unit-variance
+    features); labels y = xᵀw_i + ``noise``·N(0, 1) (linear), sign(·)
+    (logistic, ±1), or argmax of the logits plus Gumbel-like noise
+    (multinomial). Each task has ``shots`` training and ``test_shots`` test
+    rows. A good start θ (near w*) lets r GD steps adapt to each task:
+    what MAML learns. ``info``: ``w_star``, ``task_w``, ``n_classes``."""
+    if model not in ("linear", "logistic", "multinomial"):
+        raise ValueError(f"model={model!r} must be 'linear', 'logistic' or 'multinomial'")
+    for name, v in (("n_tasks", n_tasks), ("shots", shots), ("test_shots", test_shots),
+                    ("d", d)):
+        check_scalar(name, v, low=1, integer=True)
+    rng = _rng(seed)
+    dt = _dtype(dtype)
+    c = n_classes if model == "multinomial" else 1
+    w_star = rng.standard_normal((d, c))
+    task_w = w_star[None] + spread * rng.standard_normal((n_tasks, d, c))
+
+    def labels(X, Wt):
+        Z = np.einsum("tsd,tdc->tsc", X, Wt)
+        if model == "multinomial":
+            return np.argmax(Z + noise * rng.gumbel(size=Z.shape), axis=2).astype(float)
+        Z = Z[..., 0] + noise * rng.standard_normal(Z.shape[:2])
+        return np.where(Z >= 0, 1.0, -1.0) if model == "logistic" else Z
+
+    X = rng.standard_normal((n_tasks, shots, d))
+    Xt = rng.standard_normal((n_tasks, test_shots, d))
+    y, yt = labels(X, task_w), labels(Xt, task_w)
+    ws = w_star[:, 0] if c == 1 else w_star
+    tw = task_w[..., 0] if c == 1 else task_w
+    return TaskDataset("few_shot", X.astype(dt), y, Xt.astype(dt), yt, model, 0.0,
+                       w_star=ws, task_w=tw, n_classes=c)
+
+
+def fo_blo_counterexample(gap=10.0, steps=4, step_size=1.0, curvatures=(0.1, 1.5)):
+    """Two equiprobable least-squares tasks in one dimension on which FO-BLO
+    settles where the meta-gradient is far from zero (UFO-BLO Thm. 5, in
+    spirit).
+
+    UFO-BLO proves Theorem 5 with piecewise-polynomial task losses; those
+    are not losses of this package's models, so this is the closest
+    demonstration within them: with L_i(φ) = ½ mean((x φ − y)²) = ½a_i(φ −
+    c_i)² + const (a_i = ``curvatures``, c = (0, ``gap``), train = test data),
+    r = ``steps`` GD steps of size α = ``step_size`` give φ_r − c_i =
+    m_i(θ − c_i) with m_i = (1 − αa_i)^r. The exact meta-gradient is
+    ½Σ a_i m_i²(θ − c_i), FO-BLO's expectation ½Σ a_i m_i(θ − c_i): their
+    zeros θ* and θ_FO differ (m_2 is small and, for odd r, negative), and
+    ‖∇M(θ_FO)‖ grows linearly with ``gap`` — any bound D is exceeded by
+    scaling it. For odd r, Σ a_i m_i can even be negative and FO-BLO
+    drifts away without end.
+
+    ``info``: ``theta_star`` (stationary point of M), ``theta_fo`` (FO-BLO's
+    fixed point; None if Σ a_i m_i ≤ 0), ``grad_at_fo`` (∇M there),
+    ``steps``, ``step_size``."""
+    a = np.asarray(curvatures, dtype=float)
+    if a.shape != (2,) or np.any(a <= 0):
+        raise ValueError("curvatures must be two positive numbers")
+    check_scalar("steps", steps, low=1, integer=True)
+    alpha = check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
+    if np.any(alpha * a >= 2):
+        raise ValueError("step_size * curvature must be < 2 for both tasks (GD converges)")
+    cs = np.array([0.0, float(gap)])
+    xs = np.sqrt(a)[:, None] * np.array([[1.0, -1.0]])      # mean x² = a_i
+    X = xs[:, :, None]
+    y = cs[:, None] * xs                                     # y = c_i x: minimizer c_i
+    m = (1 - alpha * a) ** steps
+    theta_star = float(np.sum(a * m ** 2 * cs) / np.sum(a * m ** 2))
+    den = float(np.sum(a * m))
+    theta_fo = float(np.sum(a * m * cs) / den) if den > 0 else None
+    grad_fo = None if theta_fo is None else float(0.5 * np.sum(a * m ** 2 * (theta_fo - cs)))
+    return TaskDataset("fo_blo_counterexample", X, y, X.copy(), y.copy(), "linear", 0.0,
+                       theta_star=theta_star, theta_fo=theta_fo, grad_at_fo=grad_fo,
+                       steps=int(steps), step_size=alpha, n_classes=1)

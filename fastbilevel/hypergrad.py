@@ -137,9 +137,14 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   v0=None, eta=None, batch_size=None, replace=False, seed=0, **stocbio_kw):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
+    For a :class:`~fastbilevel.meta.MultiTaskProblem` this is
+    :func:`~fastbilevel.meta.meta_hypergradient` (methods ``reverse``,
+    ``recompute``, ``first_order``, ``ufo``; arguments ``q``,
+    ``meta_batch``, ``seed``).
+
     Parameters
     ----------
-    problem : BilevelProblem
+    problem : BilevelProblem or MultiTaskProblem
     lam : array_like, shape ``problem.lam_shape``
     method : {"reverse", "truncated", "checkpointed", "recompute", "forward"}
         ``reverse`` — exact reverse mode through the unrolled loop (Shaban
@@ -211,6 +216,16 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         ``config.MAX_TRAJECTORY_BYTES``, or when the inner loop diverges
         with this step size.
     """
+    from .meta import MultiTaskProblem, meta_hypergradient
+    if isinstance(problem, MultiTaskProblem):
+        for name, val in (("w0", w0), ("K", K), ("snapshots", snapshots), ("momentum", momentum),
+                          ("v0", v0), ("eta", eta), ("batch_size", batch_size)):
+            if val is not None:
+                raise ValueError(f"{name} does not apply to a MultiTaskProblem")
+        if solver != "gd":
+            raise ValueError("a MultiTaskProblem's inner loop is solver='gd'")
+        return meta_hypergradient(problem, lam, method, steps, step_size, seed=seed,
+                                  **stocbio_kw)
     _checks.check_choice("method", method, METHODS)
     if method == "stocbio":
         from .stochastic import stocbio

@@ -129,7 +129,10 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     -------
     MinimizeResult
     """
-    _checks.check_choice("method", method, METHODS + ("fsla",))
+    from .meta import META_METHODS, MultiTaskProblem
+    multitask = isinstance(problem, MultiTaskProblem)
+    _checks.check_choice("method", method, tuple(META_METHODS) if multitask
+                         else METHODS + ("fsla",))
     if method == "fsla":
         if outer is not None:
             raise ValueError("outer does not apply to method='fsla' (it updates λ with "
@@ -174,7 +177,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     t_cb = 0.0
     for k in range(iters):
         kw = dict(hypergradient_kw)
-        if method == "stocbio" or kw.get("solver") == "sgd":
+        if method == "stocbio" or kw.get("solver") == "sgd" or multitask:
             kw["seed"] = int(derive(seed, k))
         if warm_start and w is not None and problem.hyper != "init":
             kw["w0"] = w
@@ -187,6 +190,10 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
             inner_g = math.nan
             passes += r.stats["passes"]
             rows += r.stats["rows_sampled"]
+        elif multitask:
+            inner_g = math.nan
+            passes += r.stats["train_steps"]
+            rows += r.stats["train_steps"] * problem.shots
         else:
             inner_g = float(np.linalg.norm(problem.inner_grad(r.w, point)))
             passes += r.stats["passes"] + 1

@@ -1,0 +1,178 @@
+"""Multi-task ``init`` problems: MAML-type meta-learning of a shared start θ
+(thesis Alg. 6-7; UFO-BLO Sec. 2-3)."""
+import time
+
+import numpy as np
+
+from . import _checks
+from . import kernels as K
+from .kernels import meta as MK
+from .kernels._rowmath import curvature_bound
+
+META_METHODS = {"reverse": MK.REVERSE, "recompute": MK.RECOMPUTE,
+                "first_order": MK.FIRST_ORDER, "ufo": MK.UFO}
+_MODELS = {"linear": K.LINEAR, "logistic": K.LOGISTIC, "multinomial": K.MULTINOMIAL}
+
+
+def _task_array(name, A, ndim, dtype):
+    A = np.asarray(A)
+    if A.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D (tasks first), got shape {A.shape}")
+    if A.dtype.kind not in "biuf":
+        raise TypeError(f"{name} has dtype {A.dtype}; expected real numbers")
+    A = np.ascontiguousarray(A, dtype=dtype)
+    if not np.all(np.isfinite(A)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return A
+
+
+class MultiTaskProblem:
+    """Many tasks sharing a learned inner-loop start θ (hyper ``init``).
+
+    Task i trains on (X[i], y[i]) — inner loss L_i^in(φ) = (1/s) Σ ℓ(x φ; y)
+    + (reg/2)‖φ‖² — with r steps of GD from φ_0 = θ, and is scored on
+    (X_test[i], y_test[i]): L_i^out(φ_r) = (1/t) Σ ℓ(x φ_r; y). The meta
+    objective is M(θ) = mean_i L_i^out(φ_r(θ)) (UFO-BLO eq. 2 over a finite
+    task set; thesis eq. 6.8).
+
+    Parameters
+    ----------
+    model : {"linear", "logistic", "multinomial"}
+    X : (N, s, d) dense array; y : (N, s) labels (as in BilevelProblem).
+    X_test : (N, t, d); y_test : (N, t).
+    reg : float ≥ 0 — C of the inner (C/2)‖φ‖² (default 0).
+    dtype : float32 or float64 (default that of X).
+    n_classes : int, for multinomial (default: largest label + 1).
+
+    θ (and every gradient) has shape (d,) or (d, c).
+    """
+
+    hyper = "init"
+
+    def __init__(self, model, X, y, X_test, y_test, reg=0.0, dtype=None, n_classes=None):
+        self.model = _checks.check_choice("model", model, _MODELS)
+        self._model = _MODELS[model]
+        dt = _checks.check_dtype("dtype", dtype)
+        if dt is None:
+            dt = np.float32 if np.asarray(X).dtype == np.float32 else np.float64
+        self.X = _task_array("X", X, 3, dt)
+        self.X_test = _task_array("X_test", X_test, 3, dt)
+        self.dtype = self.X.dtype
+        N, s, d = self.X.shape
+        if self.X_test.shape[0] != N or self.X_test.shape[2] != d:
+            raise ValueError(f"X_test has shape {self.X_test.shape}; expected ({N}, t, {d})")
+        if N < 1 or s < 1 or self.X_test.shape[1] < 1:
+            raise ValueError("need at least one task with one train and one test row")
+        y = _task_array("y", y, 2, np.float64)
+        yt = _task_array("y_test", y_test, 2, np.float64)
+        if y.shape != (N, s):
+            raise ValueError(f"y has shape {y.shape}; expected {(N, s)}")
+        if yt.shape != self.X_test.shape[:2]:
+            raise ValueError(f"y_test has shape {yt.shape}; expected {self.X_test.shape[:2]}")
+        self.y = _checks.check_labels("y", y.ravel(), N * s, model).reshape(N, s)
+        self.y_test = _checks.check_labels("y_test", yt.ravel(), yt.size, model).reshape(yt.shape)
+        self.n_tasks, self.shots, self.d = N, s, d
+        self.test_shots = self.X_test.shape[1]
+        if model == "multinomial":
+            top = int(max(self.y.max(), self.y_test.max())) + 1
+            n_classes = top if n_classes is None else \
+                _checks.check_scalar("n_classes", n_classes, low=2, integer=True)
+            if n_classes < top:
+                raise ValueError(f"n_classes={n_classes} but labels go up to {top - 1}")
+            self.c = n_classes
+        else:
+            if n_classes not in (None, 1):
+                raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")
+            self.c = 1
+        self.reg = _checks.check_scalar("reg", reg, low=0.0)
+        self._L = None
+
+    @property
+    def w_shape(self):
+        return (self.d,) if self.c == 1 else (self.d, self.c)
+
+    lam_shape = w_shape
+
+    @property
+    def dim_lam(self):
+        return self.d * self.c
+
+    def _theta_in(self, theta):
+        th = _checks.check_vector("theta", theta, self.w_shape)
+        return np.ascontiguousarray(th.reshape(self.d, self.c).T)
+
+    def _out(self, W):
+        return W.T.reshape(self.w_shape).copy()
+
+    def lipschitz(self):
+        """max over tasks of the smoothness of the inner loss:
+        sup ℓ'' · ‖X_i‖₂²/s + reg."""
+        if self._L is None:
+            sq = np.linalg.norm(self.X.astype(np.float64), ord=2, axis=(1, 2)) ** 2
+            self._L = curvature_bound(self._model) * float(sq.max()) / self.shots + self.reg
+        return self._L
+
+    def meta_value(self, theta, steps, step_size):
+        """M(θ): mean test loss over all tasks after ``steps`` GD steps."""
+        return meta_hypergradient(self, theta, "first_order", steps, step_size).value
+
+    def __repr__(self):
+        return (f"MultiTaskProblem(model={self.model!r}, tasks={self.n_tasks}, "
+                f"shots={self.shots}, test_shots={self.test_shots}, d={self.d}, c={self.c}, "
+                f"reg={self.reg})")
+
+
+def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=None, *,
+                       q=None, meta_batch=None, seed=0):
+    """Meta-gradient of M(θ) over a meta-batch of tasks (UFO-BLO Alg. 1's b/v).
+
+    method : ``reverse`` (Alg. 4: r stored states per task), ``recompute``
+        (Alg. 5: O(dim θ) memory, O(r²) steps), ``first_order`` (FO-BLO, Alg. 2:
+        ∇L^out(φ_r), biased), ``ufo`` (Alg. 3: FO-BLO plus, with probability q,
+        (exact − FO)/q with the exact term by ``recompute``: unbiased).
+    steps : r ≥ 0. step_size : α > 0 (default 1/L, L = ``problem.lipschitz()``).
+    q : float in (0, 1], for ``ufo`` (default min(1, 1/r): with q ∝ 1/r the
+        expected cost stays O(r), UFO-BLO Cor. 1).
+    meta_batch : tasks per estimate (default all, in order); drawn without
+        replacement from ``seed`` otherwise.
+    seed : fixes the meta-batch and UFO's coins.
+
+    Returns a HypergradientResult: ``grad`` (shape of θ), ``value`` (mean
+    test loss of the meta-batch at φ_r), ``w`` None, ``stats`` (tasks,
+    corrections, train_steps, time_s, ...).
+    """
+    from .hypergrad import HypergradientResult, check_seed
+    t0 = time.perf_counter()
+    _checks.check_choice("method", method, META_METHODS)
+    r = _checks.check_scalar("steps", steps, low=0, integer=True)
+    alpha = 1.0 / problem.lipschitz() if step_size is None else \
+        _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
+    if method == "ufo":
+        q = min(1.0, 1.0 / max(r, 1)) if q is None else _checks.check_scalar("q", q, low=0.0,
+                                                                            low_inclusive=False)
+        if q > 1.0:
+            raise ValueError(f"q={q} must be in (0, 1]")
+    elif q is not None:
+        raise ValueError(f"q applies to method='ufo', not {method!r}")
+    else:
+        q = 1.0
+    N = problem.n_tasks
+    B = N if meta_batch is None else _checks.check_scalar("meta_batch", meta_batch, low=1,
+                                                          integer=True)
+    if B > N:
+        raise ValueError(f"meta_batch={B} exceeds the {N} tasks")
+    seed = check_seed(seed)
+    Th = problem._theta_in(theta)
+    G = np.empty_like(Th)
+    val, tasks, fired, tsteps = MK.meta_gradient(
+        problem.X, problem.y, problem.X_test, problem.y_test, problem._model, problem.reg, Th,
+        r, alpha, META_METHODS[method], q, B, seed, G)
+    if not (np.all(np.isfinite(G)) and np.isfinite(val)):
+        raise ValueError(f"the inner loop diverged: step_size={alpha:.4g} must be < 2/L = "
+                         f"{2 / problem.lipschitz():.4g} (L over the tasks' train losses)")
+    stats = {"method": method, "steps": r, "step_size": alpha, "q": q if method == "ufo" else None,
+             "meta_batch": B, "tasks": tasks.copy(), "corrections": int(fired),
+             "train_steps": int(tsteps), "seed": seed,
+             "trajectory_bytes": (r if method == "reverse" else 1) * problem.dim_lam * 8,
+             "passes": int(tsteps), "time_s": time.perf_counter() - t0}
+    return HypergradientResult(problem._out(G), float(val), None, stats)
