@@ -97,3 +97,116 @@ def _outer_value(model, Z, y):
     m = Z.max(axis=1)
     lse = m + np.log(np.sum(np.exp(Z - m[:, None]), axis=1))
     return np.mean(lse - Z[np.arange(len(y)), y.astype(np.int64)])
+
+
+class _Batched:
+    """Minibatch oracles in NumPy/SciPy: rows gathered with fancy indexing
+    (a copy of the batch, as ``X[idx]`` in PyTorch or JAX), two BLAS calls
+    per gradient, Hessian-vector or cross product. W is (d, c)."""
+
+    def __init__(self, problem):
+        p = self.p = problem
+        self.X = _matrix(p.train, (p.n, p.d))
+        self.Xv = _matrix(p.val, (p.m, p.d))
+
+    def params(self, lam):
+        hp = self.p._lam_in(lam)
+        a = hp.a if hp.a.shape[0] else np.ones(self.p.n)
+        P = hp.prior.T if hp.prior.shape[0] else 0.0
+        return a, hp.da, hp.rdiag[:, None], P
+
+    def grad(self, prm, W, rows):
+        a, _, rd, P = prm
+        Xb = self.X[rows]
+        D, _ = _dloss(self.p.model, Xb @ W, self.p.y[rows])
+        return Xb.T @ (a[rows, None] * D) / len(rows) + rd * (W - P)
+
+    def hvp(self, prm, W, V, rows):
+        a, _, rd, _ = prm
+        Xb = self.X[rows]
+        ZU = Xb @ np.hstack([W, V])
+        c = W.shape[1]
+        _, HU = _dloss(self.p.model, ZU[:, :c], self.p.y[rows], ZU[:, c:])
+        return Xb.T @ (a[rows, None] * HU) / len(rows) + rd * V
+
+    def outer_grad(self, W, rows):
+        Xb = self.Xv[rows]
+        D, _ = _dloss(self.p.model, Xb @ W, self.p.y_val[rows])
+        return Xb.T @ D / len(rows)
+
+    def cross(self, prm, W, V, rows):
+        """J(W)V (kernel order of λ) on the batch (sample_weights) or exactly."""
+        p = self.p
+        _, da, rd, _ = prm
+        h = np.zeros(p.dim_lam)
+        if p.hyper == "sample_weights":
+            Xb = self.X[rows]
+            ZU = Xb @ np.hstack([W, V])
+            c = W.shape[1]
+            D, _ = _dloss(p.model, ZU[:, :c], p.y[rows])
+            np.add.at(h, rows, da[rows] * np.sum(D * ZU[:, c:], axis=1) / len(rows))
+        elif p.hyper == "feature_l2":
+            h += rd[:, 0] * np.sum(W * V, axis=1)
+        elif p.hyper == "l2":
+            h += rd[0, 0] * np.sum(W * V)
+        elif p.hyper == "biased_l2":
+            h -= (rd * V).T.ravel()
+        return h
+
+
+def _draw(seed, stream, step, n, b, replace):
+    from .kernels.sampling import draw_rows
+    return draw_rows(seed, stream, step, n, b, replace, np.arange(n, dtype=np.int64),
+                     np.empty(b, dtype=np.int64)).copy()
+
+
+def numpy_stocbio(problem, lam, steps, step_size, Q, eta, batch_size, hessian_sizes,
+                  outer_batch, cross_batch, seed=0, w0=None, replace=False):
+    """stocBiO (thesis Alg. 4-5) in NumPy/SciPy on the same batches as
+    :func:`fastbilevel.stocbio`: returns (grad, w)."""
+    from .kernels.sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER
+    p = problem
+    B = _Batched(p)
+    prm = B.params(lam)
+    W = np.zeros((p.d, p.c)) if w0 is None else p._w_in("w0", w0).T.copy()
+    for t in range(steps):
+        W = W - step_size * B.grad(prm, W, _draw(seed, STREAM_INNER, t, p.n, batch_size, replace))
+    r = B.outer_grad(W, _draw(seed, STREAM_F, 0, p.m, outer_batch, replace))
+    acc = r.copy()
+    for i in range(Q, 0, -1):
+        r = r - eta * B.hvp(prm, W, r, _draw(seed, STREAM_HESS, i, p.n, hessian_sizes[i - 1],
+                                              replace))
+        acc += r
+    h = -B.cross(prm, W, eta * acc, _draw(seed, STREAM_G, 0, p.n, cross_batch, replace))
+    return p._lam_out(h), p._w_out(W.T)
+
+
+def numpy_fsla(problem, lam0, iters, delta, c_tau, c_beta, c_eta, batch_size, outer_batch,
+               cross_batch, seed=0, replace=False):
+    """FSLA (Alg. 1 of Li, Gu & Huang) in NumPy/SciPy on the same batches as
+    :func:`fastbilevel.fsla` (no bounds): returns (λ, w, v) after ``iters``."""
+    from .kernels.sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER
+    p = problem
+    B = _Batched(p)
+    to_k = (lambda x: np.asarray(x, float).reshape(p.d, p.c).T.ravel()) \
+        if p.hyper == "biased_l2" else (lambda x: np.array(x, float).ravel())
+    lam = to_k(lam0)
+    pub = lambda lk: p._lam_out(lk)
+    W = np.zeros((p.d, p.c))
+    est = lambda prm, W, V, st: -B.cross(prm, W, V, _draw(seed, STREAM_G, st, p.n, cross_batch,
+                                                           replace))
+    prm = B.params(pub(lam))
+    V = delta * c_beta * B.outer_grad(W, _draw(seed, STREAM_F, 0, p.m, outer_batch, replace))
+    dm = est(prm, W, V, 0)
+    for k in range(iters):
+        a = delta / np.sqrt(k + 1)
+        st = k + 1
+        e_old = est(prm, W, V, st)
+        lam = lam - a * dm
+        prm = B.params(pub(lam))
+        P = B.outer_grad(W, _draw(seed, STREAM_F, st, p.m, outer_batch, replace))
+        G = B.grad(prm, W, _draw(seed, STREAM_INNER, st, p.n, batch_size, replace))
+        HV = B.hvp(prm, W, V, _draw(seed, STREAM_HESS, st, p.n, batch_size, replace))
+        W, V = W - c_tau * a * G, V + c_beta * a * (P - HV)
+        dm = est(prm, W, V, st) + (1 - min(1.0, c_eta * a)) * (dm - e_old)
+    return pub(lam), p._w_out(W.T), p._w_out(V.T)

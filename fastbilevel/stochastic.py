@@ -131,7 +131,7 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
     return HypergradientResult(problem._lam_out(h), float(fval), problem._w_out(W), stats)
 
 
-def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=1.0, c_beta=1.0, c_eta=1.0,
+def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta=None,
          batch_size=None, outer_batch=None, cross_batch=None, replace=False, seed=0,
          bounds=None, w0=None, eval_every=50, callback=None):
     """FSLA (Li, Gu & Huang 2022, Alg. 1): λ, ω, the v-state and the STORM
@@ -142,7 +142,11 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=1.0, c_beta=1.0, c_eta=1
 
     Parameters
     ----------
-    iters : int ≥ 1 — iterations. delta, c_tau, c_beta, c_eta : float > 0.
+    iters : int ≥ 1 — iterations. delta : float > 0 — δ, the λ step scale.
+    c_tau, c_beta, c_eta : float > 0, optional — default so that the first
+        inner and v steps are 1/L (L the per-sample smoothness bound of g at
+        λ0: a step every minibatch loss tolerates) and η_0 = 1 (the first
+        momentum is the plain estimate): c_τ = c_β = 1/(Lδ), c_η = 1/δ.
     batch_size : int — rows of ξ_1 and ξ_3 (default min(n, 128)); also the
         default of ``cross_batch`` (ξ_5); ``outer_batch`` (ξ_2, validation
         rows) defaults to min(m, batch_size).
@@ -164,8 +168,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=1.0, c_beta=1.0, c_eta=1
         raise ValueError("method='fsla' does not apply to hyper='init'; use an ITD method")
     iters = _checks.check_scalar("iters", iters, low=1, integer=True)
     eval_every = _checks.check_scalar("eval_every", eval_every, low=1, integer=True)
-    vals = {k: _checks.check_scalar(k, v, low=0.0, low_inclusive=False) for k, v in
-            (("delta", delta), ("c_tau", c_tau), ("c_beta", c_beta), ("c_eta", c_eta))}
+    delta = _checks.check_scalar("delta", delta, low=0.0, low_inclusive=False)
     if not isinstance(replace, (bool, np.bool_)):
         raise TypeError(f"replace={replace!r} must be a bool")
     n, m = problem.n, problem.m
@@ -177,6 +180,12 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=1.0, c_beta=1.0, c_eta=1
     bnd = _bounds(problem, bounds)
     if bnd is not None:
         lam = np.clip(lam, *bnd)
+    L0 = problem.lipschitz(lam, per_sample=True)
+    vals = {"delta": delta}
+    for k, v, default in (("c_tau", c_tau, 1.0 / (L0 * delta)),
+                          ("c_beta", c_beta, 1.0 / (L0 * delta)), ("c_eta", c_eta, 1.0 / delta)):
+        vals[k] = default if v is None else _checks.check_scalar(k, v, low=0.0,
+                                                                 low_inclusive=False)
     hp = problem._lam_in(lam)
     # kernel-order λ and bounds (the order of the hypergradient vector h)
     to_k = (lambda x: np.ascontiguousarray(np.asarray(x, float).reshape(problem.d, problem.c).T)

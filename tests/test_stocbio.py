@@ -62,7 +62,7 @@ def test_stocbio_matches_numpy_transcription(hyper, fmt):
 @pytest.mark.parametrize("hyper", ["sample_weights", "feature_l2", "biased_l2"])
 @pytest.mark.parametrize("model", ["linear", "multinomial"])
 def test_stocbio_with_full_batches_is_the_implicit_hypergradient(model, hyper):
-    prob, _ = make_problem(model, hyper, "csr64")
+    prob, _ = make_problem(model, hyper, "csr32")
     lam = random_lam(prob)
     ex = fb.hypergradient(prob, lam, "implicit", steps=4000, K=300, tol=1e-14)
     Q = 600
@@ -200,7 +200,7 @@ def test_fsla_with_full_batches_approaches_the_ridge_optimum():
     assert abs(r.history.outer_value[-1] - phi(lam)) < 1e-3
 
 
-@pytest.mark.parametrize("hyper,fmt", [("sample_weights", "dense64"), ("feature_l2", "csr64")])
+@pytest.mark.parametrize("hyper,fmt", [("sample_weights", "dense64"), ("feature_l2", "csr32")])
 def test_stochastic_drivers_lower_the_validation_loss(hyper, fmt):
     prob, _ = make_problem("logistic", hyper, fmt, n=200, m=100, d=8)
     lam0 = np.zeros(prob.lam_shape)
@@ -214,7 +214,7 @@ def test_stochastic_drivers_lower_the_validation_loss(hyper, fmt):
 
 
 def test_same_seed_same_lambda_trajectory():
-    prob, _ = make_problem("logistic", "sample_weights", "csr64")
+    prob, _ = make_problem("logistic", "sample_weights", "csr32")
     lam0 = np.zeros(prob.n)
     runs = []
     for _ in range(2):
@@ -235,7 +235,7 @@ def test_same_seed_same_lambda_trajectory():
 _SCRIPT = r"""
 import numpy as np, fastbilevel as fb
 ds = fb.datasets.text(n=600, m=200, d=3000, row_nnz=30, seed=1)
-prob = ds.problem("feature_l2")
+prob = ds.problem("feature_l2", dtype=np.float32)
 r = fb.hypergradient(prob, np.full(prob.d, -2.0), "stocbio", steps=20, Q=8, batch_size=300,
                      seed=5)
 f = fb.minimize(prob, np.full(prob.d, -2.0), "fsla", iters=20, batch_size=300, seed=5,
@@ -254,3 +254,24 @@ def test_stochastic_methods_are_bit_identical_across_thread_counts():
         outs.append(subprocess.run([sys.executable, "-c", _SCRIPT], env=env, check=True,
                                    capture_output=True, text=True).stdout)
     assert outs[0] == outs[1] and outs[0]
+
+
+@pytest.mark.parametrize("model,hyper,fmt", [("multinomial", "sample_weights", "dense64"),
+                                             ("logistic", "feature_l2", "dense64"),
+                                             ("linear", "biased_l2", "csr32")])
+def test_numpy_references_agree_with_the_kernels(model, hyper, fmt):
+    """The NumPy/SciPy baselines of the benchmarks compute the same numbers."""
+    from fastbilevel.reference import numpy_fsla, numpy_stocbio
+    prob, _ = make_problem(model, hyper, fmt)
+    lam = random_lam(prob)
+    r = fb.hypergradient(prob, lam, "stocbio", steps=5, step_size=0.3, Q=4, eta=0.4,
+                         batch_size=9, hessian_sizes=[3, 5, 7, 9], outer_batch=4,
+                         cross_batch=8, seed=3)
+    g, w = numpy_stocbio(prob, lam, 5, 0.3, 4, 0.4, 9, [3, 5, 7, 9], 4, 8, seed=3)
+    tol = 1e-5 if fmt.endswith("32") else 1e-10
+    assert naive.rel_err(r.grad, g) < tol and naive.rel_err(r.w, w) < tol
+    f = fb.minimize(prob, lam, "fsla", iters=6, lr=0.3, c_tau=0.5, c_beta=0.6, c_eta=0.7,
+                    batch_size=9, outer_batch=4, cross_batch=8, seed=3, eval_every=6)
+    lam_np, w_np, v_np = numpy_fsla(prob, lam, 6, 0.3, 0.5, 0.6, 0.7, 9, 4, 8, seed=3)
+    assert naive.rel_err(f.lam, lam_np) < tol
+    assert naive.rel_err(f.w, w_np) < tol and naive.rel_err(f.v, v_np) < tol

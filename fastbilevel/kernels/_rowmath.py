@@ -8,7 +8,6 @@ import math
 import numpy as np
 from numba import njit
 
-from .. import config
 
 LINEAR = 0
 LOGISTIC = 1
@@ -20,10 +19,13 @@ L2 = 2
 BIASED_L2 = 3
 INIT = 4
 
-_FM = set(config.FASTMATH)
+# No fast-math here: these loops over c are short, and with reassociation
+# LLVM vectorized the same softmax differently in different inlined copies
+# of a chunk kernel (one copy per position in a thread's share of a parallel
+# loop), so a chunk's result depended on which thread ran it.
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def sigmoid(t):
     """σ(t) without overflow for any finite t."""
     if t >= 0.0:
@@ -32,13 +34,13 @@ def sigmoid(t):
     return e / (1.0 + e)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def softplus(t):
     """log(1 + e^t) without overflow: max(t, 0) + log1p(e^{-|t|})."""
     return max(t, 0.0) + math.log1p(math.exp(-abs(t)))
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def sigmoid_prime(t):
     """σ(t)σ(-t) = e^{-|t|} / (1 + e^{-|t|})², finite and accurate for |t| large."""
     e = math.exp(-abs(t))
@@ -46,7 +48,7 @@ def sigmoid_prime(t):
     return e / (q * q)
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(cache=True, inline="always")
 def row_derivs(model, yi, z, u, want_h, dl, hu):
     """Loss ℓ(z; y) of one row; fills dl = ℓ'(z) and, if want_h, hu = ℓ''(z) u.
 
@@ -90,7 +92,7 @@ def row_derivs(model, yi, z, u, want_h, dl, hu):
         return loss
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(cache=True, inline="always")
 def weight_of(a, i, inv_n):
     """a_i / n, where an empty ``a`` means all weights are one."""
     if a.shape[0] == 0:
@@ -103,7 +105,7 @@ def curvature_bound(model):
     return {LINEAR: 1.0, LOGISTIC: 0.25, MULTINOMIAL: 0.5}[model]
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(cache=True, inline="always")
 def row_coefs(model, yi, z, u, wi, inv_n, want_grad, want_hvp, cg, ch, cross, i,
               dl, hu):
     """From the dots z = W x_i, u = V x_i of one row: returns the weighted

@@ -42,7 +42,7 @@ def _axpy_csr(indptr, indices, data, i, coef, A):
                 ak[idx[q]] += ck * val[q]
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def rows_csr(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
              want_hvp, inv_n, G, HV, cross):
     """Same contract as ``dense.rows_dense`` for a CSR matrix."""
@@ -67,7 +67,7 @@ def rows_csr(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
     return val
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def rows_csr_idx(indptr, indices, data, rows, lo, hi, y, a, model, W, V, want_grad,
                  want_hvp, inv_n, G, HV, cross):
     """``rows_csr`` over the gathered rows rows[lo..hi] (a minibatch); cross

@@ -158,7 +158,7 @@ def _axpy_dense(X, i, coef, A):
                 A[k, j] += ck * X[i, j]
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
                HV, cross):
     """Accumulate over rows lo..hi: returns Σ (a_i/n) ℓ(z_i);
@@ -202,7 +202,7 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
     return val
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n,
                    G, HV, cross):
     """``rows_dense`` over the gathered rows rows[lo..hi] (a minibatch):

@@ -109,6 +109,14 @@ def _ol_pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
 
 
 @njit(cache=True)
+def _zero_outputs(want_grad, want_hvp, G, HV):
+    if want_grad:
+        G[:] = 0.0
+    if want_hvp:
+        HV[:] = 0.0
+
+
+@njit(cache=True)
 def batch_chunks(indptr, rows, c, d, nchunks):
     """How many chunks a minibatch pass over ``rows`` is split into: enough
     work per chunk to pay for its (c, d) buffer (32 dense rows, or 8·c·d
@@ -148,8 +156,12 @@ def _ol_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
             b = rows.shape[0]
             c, d = W.shape
             nch = batch_chunks(indptr, rows, c, d, nchunks)
-            gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
             inv_b = 1.0 / b
+            if nch == 1:         # small batch: no per-chunk buffers to allocate
+                _zero_outputs(want_grad, want_hvp, G, HV)
+                return rows_dense_idx(X, rows, 0, b, y, a, model, W, V, want_grad,
+                                      want_hvp, inv_b, G, HV, cross)
+            gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
             for t in prange(nch):
                 vals[t] = rows_dense_idx(X, rows, (b * t) // nch, (b * (t + 1)) // nch,
                                          y, a, model, W, V, want_grad, want_hvp, inv_b,
@@ -162,8 +174,12 @@ def _ol_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
         b = rows.shape[0]
         c, d = W.shape
         nch = batch_chunks(indptr, rows, c, d, nchunks)
-        gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
         inv_b = 1.0 / b
+        if nch == 1:
+            _zero_outputs(want_grad, want_hvp, G, HV)
+            return rows_csr_idx(indptr, indices, data, rows, 0, b, y, a, model, W, V,
+                                want_grad, want_hvp, inv_b, G, HV, cross)
+        gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
         for t in prange(nch):
             vals[t] = rows_csr_idx(indptr, indices, data, rows, (b * t) // nch,
                                    (b * (t + 1)) // nch, y, a, model, W, V, want_grad,

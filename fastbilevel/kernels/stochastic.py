@@ -14,6 +14,7 @@ from .oracles import (_cross_add_rows, _pass_rows, cross_add, reg_grad_add, reg_
 from .sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER, draw_rows
 
 _GROWTH = config.DIVERGENCE_GROWTH
+_FM = set(config.FASTMATH)
 
 
 @njit(cache=True, parallel=True)
@@ -119,6 +120,35 @@ def set_hyper_params(hyper, lam, reg, a, da, rdiag, prior):
         rdiag[:] = reg
 
 
+@njit(cache=True, fastmath=_FM)
+def _fsla_state_step(W, V, G, P, HV, tau, beta):
+    """ω ← ω − τG;  v ← v + β(P − HV), in one sweep."""
+    w = W.ravel()
+    v = V.ravel()
+    g = G.ravel()
+    p = P.ravel()
+    hv = HV.ravel()
+    for j in range(w.shape[0]):
+        w[j] -= tau * g[j]
+        v[j] += beta * (p[j] - hv[j])
+
+
+@njit(cache=True, fastmath=_FM)
+def _storm(dmom, e_new, e_old, eta):
+    """d ← e_new + (1 − η)(d − e_old)."""
+    for j in range(dmom.shape[0]):
+        dmom[j] = e_new[j] + (1.0 - eta) * (dmom[j] - e_old[j])
+
+
+@njit(cache=True)
+def _all_finite(A):
+    a = A.ravel()
+    for j in range(a.shape[0]):
+        if not math.isfinite(a[j]):
+            return False
+    return True
+
+
 @njit(cache=True, parallel=True)
 def fsla_run(X, indptr, indices, data, y, model, hyper, reg, Xv, ipv, ixv, dv, yv,
              lam, W, V, dmom, a, da, rdiag, prior, k0, iters, delta, c_tau, c_beta,
@@ -141,7 +171,10 @@ def fsla_run(X, indptr, indices, data, y, model, hyper, reg, Xv, ipv, ixv, dv, y
     ξ_2 a validation batch (b_val rows), all drawn for step k+1 (step 0 for
     the initialization). ``lo``/``hi``: bounds on λ (empty: none).
 
-    Returns (status, counts): status −1, or the iteration at which ω
+    Everything at the old state (e on ξ_5, ξ_2, ξ_1, ξ_3) is evaluated before
+    the state moves, so the update runs in place with no copies.
+
+    Returns (status, counts): status −1, or the iteration at which the state
     stopped being finite; counts = [training rows, validation rows]."""
     n = y.shape[0]
     m = yv.shape[0]
@@ -150,12 +183,8 @@ def fsla_run(X, indptr, indices, data, y, model, hyper, reg, Xv, ipv, ixv, dv, y
     G1 = np.empty((c, d))
     HV = np.empty((c, d))
     P = np.empty((c, d))
-    W_old = np.empty((c, d))
-    V_old = np.empty((c, d))
     e_new = np.zeros(dmom.shape[0])
     e_old = np.zeros(dmom.shape[0])
-    da_old = da.copy()
-    rdiag_old = rdiag.copy()
     perm = np.arange(n, dtype=np.int64)
     rbuf = np.empty(max(b_inner, b_cross), dtype=np.int64)
     permv = np.arange(m, dtype=np.int64)
@@ -172,65 +201,58 @@ def fsla_run(X, indptr, indices, data, y, model, hyper, reg, Xv, ipv, ixv, dv, y
         tau = c_tau * alpha
         beta = c_beta * alpha
         etak = min(1.0, c_eta * alpha)
-        W_old[:] = W
-        V_old[:] = V
-        da_old[:] = da
-        rdiag_old[:] = rdiag
-        if not init:
-            for j in range(lam.shape[0]):
-                lam[j] -= alpha * dmom[j]
-                if bounded:
-                    lam[j] = min(max(lam[j], lo[j]), hi[j])
-            set_hyper_params(hyper, lam, reg, a, da, rdiag, prior)
         # ξ_2: ∂_ωF(ω_k) on a validation batch
         rows = draw_rows(seed, STREAM_F, step, m, b_val, replace, permv, rbufv)
-        _pass_rows(rows, Xv, ipv, ixv, dv, yv, np.empty(0), model, W_old, W_old, True,
-                   False, P, P, no_cross, nchunks)
+        _pass_rows(rows, Xv, ipv, ixv, dv, yv, np.empty(0), model, W, W, True, False,
+                   P, P, no_cross, nchunks)
         counts[1] += b_val
-        if init:
-            V[:] = beta * P                # v_0 = β_0 ∂_ωF + (I − β_0 H) 0
-        # training passes, one call site: sp 0 = ξ_1 (∇G at ω_k), 1 = ξ_3
-        # (H v_k at ω_k), 2 = ξ_5 at the new state, 3 = ξ_5 at the old state
+        # training passes, one call site: sp 0 = ξ_5 at the old state,
+        # 1 = ξ_1 (∇G at ω_k), 2 = ξ_3 (H v_k at ω_k), 3 = ξ_5 at the new state
         for sp in range(4):
-            if init and (sp == 0 or sp == 1 or sp == 3):
+            if init and sp < 3:
+                if sp == 0:
+                    V[:] = beta * P        # v_0 = β_0 ∂_ωF + (I − β_0 H) 0
                 continue
-            if sp >= 2 and not sw:
+            if sp == 0 and not sw:         # J needs no data for the other maps
+                e_old[:] = 0.0
+                cross_add(hyper, rdiag, da, W, V, no_cross, -1.0, e_old)
+                continue
+            if sp == 1:                    # λ_{k+1}, once e(λ_k, ...) is taken
+                for j in range(lam.shape[0]):
+                    lam[j] -= alpha * dmom[j]
+                    if bounded:
+                        lam[j] = min(max(lam[j], lo[j]), hi[j])
+                set_hyper_params(hyper, lam, reg, a, da, rdiag, prior)
+            if sp == 3 and not sw:
+                e_new[:] = 0.0
+                cross_add(hyper, rdiag, da, W, V, no_cross, -1.0, e_new)
                 break
-            if sp == 0:
-                stream, b, Wp, Vp, grad, out = STREAM_INNER, b_inner, W_old, W_old, True, G1
+            if sp == 0 or sp == 3:
+                stream, b, grad, out = STREAM_G, b_cross, False, HV
             elif sp == 1:
-                stream, b, Wp, Vp, grad, out = STREAM_HESS, b_inner, W_old, V_old, False, HV
-            elif sp == 2:
-                stream, b, Wp, Vp, grad, out = STREAM_G, b_cross, W, V, False, HV
+                stream, b, grad, out = STREAM_INNER, b_inner, True, G1
             else:
-                stream, b, Wp, Vp, grad, out = STREAM_G, b_cross, W_old, V_old, False, HV
+                stream, b, grad, out = STREAM_HESS, b_inner, False, HV
             rows = draw_rows(seed, stream, step, n, b, replace, perm, rbuf)
-            _pass_rows(rows, X, indptr, indices, data, y, a, model, Wp, Vp, grad, not grad,
-                       out, out, cross if sp >= 2 else no_cross, nchunks)
+            _pass_rows(rows, X, indptr, indices, data, y, a, model, W, W if grad else V,
+                       grad, not grad, out, out, cross if (sp == 0 or sp == 3) else no_cross,
+                       nchunks)
             counts[0] += b
             if sp == 0:
-                reg_grad_add(rdiag, prior, W_old, G1)
+                e_old[:] = 0.0
+                _cross_add_rows(rows, hyper, rdiag, da, W, V, cross, -1.0, e_old)
             elif sp == 1:
-                reg_hvp_add(rdiag, V_old, HV)
-                W[:] = W_old - tau * G1
-                V[:] = V_old + beta * (P - HV)
+                reg_grad_add(rdiag, prior, W, G1)
             elif sp == 2:
+                reg_hvp_add(rdiag, V, HV)
+                _fsla_state_step(W, V, G1, P, HV, tau, beta)
+            else:
                 e_new[:] = 0.0
                 _cross_add_rows(rows, hyper, rdiag, da, W, V, cross, -1.0, e_new)
-            else:
-                e_old[:] = 0.0
-                _cross_add_rows(rows, hyper, rdiag_old, da_old, W_old, V_old, cross, -1.0,
-                                e_old)
-        if not sw:                         # J needs no data for these maps
-            e_new[:] = 0.0
-            cross_add(hyper, rdiag, da, W, V, no_cross, -1.0, e_new)
-            e_old[:] = 0.0
-            cross_add(hyper, rdiag_old, da_old, W_old, V_old, no_cross, -1.0, e_old)
         if init:
             dmom[:] = e_new
         else:
-            dmom[:] = e_new + (1.0 - etak) * (dmom - e_old)
-        if not (math.isfinite(np.sum(W)) and math.isfinite(np.sum(V))
-                and math.isfinite(np.sum(dmom))):
+            _storm(dmom, e_new, e_old, etak)
+        if not (_all_finite(W) and _all_finite(V) and _all_finite(dmom)):
             return k, counts
     return -1, counts
