@@ -15,7 +15,7 @@ from numba import njit, prange
 from . import config
 from ._parallel import nchunks
 from .hypergrad import hypergradient, resolve_step_size, solve
-from .reference import numpy_reverse
+from .reference import numpy_fsla, numpy_reverse, numpy_stocbio
 
 _FM = set(config.FASTMATH)
 
@@ -96,11 +96,55 @@ def method_cost(problem, stats):
     return stats["passes"] * b_tr + stats["val_passes"] * b_va, flops
 
 
+STOCHASTIC_BATCH = 1000
+STOCHASTIC_Q = 10
+
+
+def _stochastic_call(problem, lam, method, steps):
+    """stocBiO (D = steps SGD steps, Q = 10, batches of ≤ 1000 rows, decaying
+    Hessian batches with the largest 1000) or ``steps`` FSLA iterations, fused
+    or in NumPy/SciPy on the same batches; the stats count rows read as
+    fractions of a pass."""
+    from .stochastic import fsla, hessian_batch_sizes, stocbio
+    n, m = problem.n, problem.m
+    S, Q = min(n, STOCHASTIC_BATCH), STOCHASTIC_Q
+    eta = 1.0 / problem.lipschitz(lam, per_sample=True)
+    sw = problem.hyper == "sample_weights"
+    bv = min(m, S)
+    if method in ("stocbio", "numpy_stocbio"):
+        sizes = hessian_batch_sizes(S / Q, Q, eta, problem.strong_convexity(lam), n=n)
+        grad, hvp, val = steps * S / n, (sizes.sum() + S * sw) / n, bv / m
+        if method == "stocbio":
+            run = lambda: stocbio(problem, lam, steps, eta, Q=Q, eta=eta, batch_size=S,
+                                  hessian_sizes=sizes, outer_batch=bv, cross_batch=S)
+        else:
+            run = lambda: numpy_stocbio(problem, lam, steps, eta, Q, eta, S, sizes, bv, S)
+    else:
+        kw = dict(delta=1.0, c_tau=eta, c_beta=eta, c_eta=1.0)
+        grad, hvp, val = steps * S / n, steps * S * (1 + 2 * sw) / n, steps * bv / m
+        if method == "fsla":
+            run = lambda: fsla(problem, lam, steps, batch_size=S, outer_batch=bv,
+                               eval_every=steps, **kw)
+        else:
+            run = lambda: numpy_fsla(problem, lam, steps, kw["delta"], kw["c_tau"],
+                                     kw["c_beta"], kw["c_eta"], S, bv, S)
+    stats = {"method": method, "steps": steps, "gradient_passes": grad, "hvp_passes": hvp,
+             "val_passes": val, "passes": round(grad + hvp, 2), "trajectory_bytes": 0}
+
+    def call():
+        run()
+        return stats
+    return call
+
+
 def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
                 snapshots=None, schedule="revolve", K=None):
     """A zero-argument callable running ``method`` once; returns its stats
     (``numpy``: the NumPy reference reverse sweep; ``solve``: the inner loop
-    alone)."""
+    alone; ``stocbio``/``fsla`` and their ``numpy_`` twins: see
+    :func:`_stochastic_call`)."""
+    if method in ("stocbio", "numpy_stocbio", "fsla", "numpy_fsla"):
+        return _stochastic_call(problem, lam, method, steps)
     if method == "numpy":
         def run():
             numpy_reverse(problem, lam, steps, gamma, dtype=problem.dtype)
@@ -136,15 +180,18 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, **op
         rows.append({
             "method": m, "dtype": str(problem.dtype), "steps": steps,
             "first_call_s": first, "median_s": med, "times_s": ts,
-            "passes": int(st["passes"]),
+            "passes": st["passes"],
             "bytes": nbytes, "flops": flops,
             "GBps": nbytes / med / 1e9, "GFLOPs": flops / med / 1e9,
             "roofline_s": bound, "roofline_frac": bound / med,
             "trajectory_bytes": int(st["trajectory_bytes"]),
         })
-    base = {r["dtype"]: r["median_s"] for r in rows if r["method"] == "numpy"}
-    for r in rows:
-        r["speedup_vs_numpy"] = base[r["dtype"]] / r["median_s"] if r["dtype"] in base else None
+    base = {(r["dtype"], r["method"]): r["median_s"] for r in rows
+            if r["method"].startswith("numpy")}
+    for r in rows:     # stocbio and fsla against their own NumPy twins, the rest against numpy
+        twin = "numpy_" + r["method"] if r["method"] in ("stocbio", "fsla") else "numpy"
+        key = (r["dtype"], r["method"] if r["method"].startswith("numpy_") else twin)
+        r["speedup_vs_numpy"] = base[key] / r["median_s"] if key in base else None
     return rows
 
 

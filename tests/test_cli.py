@@ -43,3 +43,16 @@ def test_bench_all_methods_with_rss(tmp_path):
     assert rows["reverse"]["passes"] == 12 and rows["truncated"]["passes"] == 9
     assert rows["checkpointed"]["passes"] > 12 and rows["solve"]["passes"] == 6
     assert all(r["rss_MB"] > 0 for r in rows.values())
+
+
+def test_bench_stochastic_methods(tmp_path):
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["bench", "--problem", "hypercleaning", "-T", "4", "--repeats",
+                                   "1", "--quick", "--methods",
+                                   "stocbio,numpy_stocbio,fsla,numpy_fsla", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"stocbio", "numpy_stocbio", "fsla", "numpy_fsla"}
+    # stocBiO against its NumPy twin, FSLA against its own
+    assert rows["stocbio"]["speedup_vs_numpy"] > 0 and rows["fsla"]["speedup_vs_numpy"] > 0
+    assert 0 < rows["stocbio"]["passes"] < 4 + 1     # minibatch rows, as fractions of a pass

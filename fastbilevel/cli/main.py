@@ -9,7 +9,8 @@ import numpy as np
 
 PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
 METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
-           "implicit_neumann", "implicit_hb", "solve", "numpy")
+           "implicit_neumann", "implicit_hb", "solve", "numpy", "stocbio", "numpy_stocbio",
+           "fsla", "numpy_fsla")
 
 # (full size, --quick size) of each built-in problem, and its default T
 _SIZES = {
@@ -49,7 +50,9 @@ def cli():
 @click.option("--methods", default="reverse,numpy", show_default=True,
               help="Comma-separated: reverse, checkpointed, recompute, truncated, forward, "
                    "implicit_cg, implicit_neumann, implicit_hb (fused kernels), solve (the inner "
-                   "loop alone), numpy (NumPy/BLAS reference).")
+                   "loop alone), numpy (NumPy/BLAS reference); stocbio (one estimate: T SGD "
+                   "steps, Q=10, batches of 1000 rows), fsla (T iterations, batches of 1000), "
+                   "and numpy_stocbio, numpy_fsla (the same on the same batches in NumPy/SciPy).")
 @click.option("--hyper", type=click.Choice(["sample_weights", "feature_l2", "l2", "biased_l2", "init"]),
               default=None, help="Override the problem's hyperparameter map.")
 @click.option("--solver", type=click.Choice(["gd", "heavy_ball", "agd"]), default="gd", show_default=True)

@@ -92,3 +92,51 @@ def rows_csr_idx(indptr, indices, data, rows, lo, hi, y, a, model, W, V, want_gr
         if want_hvp:
             _axpy_csr(indptr, indices, data, i, ch, HV)
     return val
+
+
+@njit(cache=True)
+def csr_row_coefs(indptr, indices, data, rows, lo, hi, y, a, model, W, V, want_grad,
+                  want_hvp, inv_n, CG, CH, losses, cross):
+    """First phase of a column-split minibatch pass: for batch positions
+    lo..hi, the dots of row rows[k] with W (and V) and its coefficients
+    CG[k] = (a_i/|B|) ℓ'(z), CH[k] = (a_i/|B|) ℓ''(z)u, losses[k] and
+    cross[k] (as in ``rows_csr_idx``); nothing is accumulated."""
+    c = W.shape[0]
+    z = np.empty(c)
+    u = np.zeros(c)
+    dl = np.empty(c)
+    hu = np.empty(c)
+    for k in range(lo, hi):
+        i = rows[k]
+        _dots_csr(indptr, indices, data, i, W, z)
+        if want_hvp:
+            _dots_csr(indptr, indices, data, i, V, u)
+        losses[k] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
+                              want_hvp, CG[k], CH[k], cross, k, dl, hu)
+
+
+@njit(cache=True, fastmath=_FM)
+def csr_scatter_cols(indptr, indices, data, rows, CG, CH, want_grad, want_hvp, j0, j1, G,
+                     HV):
+    """Second phase: G[:, j] += Σ_k CG[k] x_{rows[k], j} (and HV with CH) for
+    the columns j0 ≤ j < j1 only, rows in batch order. Each column is owned
+    by one caller, so column blocks run in parallel without buffers, and
+    every entry sums its terms in the same order whatever the blocks."""
+    c = G.shape[0]
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        idx = indices[indptr[i]:indptr[i + 1]]
+        val = data[indptr[i]:indptr[i + 1]]
+        q0 = np.searchsorted(idx, j0)
+        q1 = np.searchsorted(idx, j1)
+        for kk in range(c):
+            if want_grad:
+                cg = CG[k, kk]
+                gk = G[kk]
+                for q in range(q0, q1):
+                    gk[idx[q]] += cg * val[q]
+            if want_hvp:
+                ch = CH[k, kk]
+                hk = HV[kk]
+                for q in range(q0, q1):
+                    hk[idx[q]] += ch * val[q]

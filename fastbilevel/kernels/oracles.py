@@ -11,7 +11,7 @@ from numba.extending import overload
 
 from .. import config
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
-from .csr import rows_csr, rows_csr_idx
+from .csr import csr_row_coefs, csr_scatter_cols, rows_csr, rows_csr_idx
 from .dense import rows_dense, rows_dense_idx
 
 _FM = set(config.FASTMATH)
@@ -171,21 +171,46 @@ def _ol_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
 
     def csr_impl(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
                  want_hvp, G, HV, cross, nchunks):
+        # a sparse batch has about as many nonzeros as W has entries, so
+        # per-chunk (c, d) buffers would cost as much as the pass: rows are
+        # split for the dots, then columns for the accumulation (no buffers)
         b = rows.shape[0]
         c, d = W.shape
-        nch = batch_chunks(indptr, rows, c, d, nchunks)
+        nch = csr_batch_chunks(indptr, rows, nchunks)
         inv_b = 1.0 / b
+        _zero_outputs(want_grad, want_hvp, G, HV)
         if nch == 1:
-            _zero_outputs(want_grad, want_hvp, G, HV)
             return rows_csr_idx(indptr, indices, data, rows, 0, b, y, a, model, W, V,
                                 want_grad, want_hvp, inv_b, G, HV, cross)
-        gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
+        CG = np.zeros((b, c))          # per-row coefficients: b·c, small
+        CH = np.zeros((b, c))
+        losses = np.empty(b)
         for t in prange(nch):
-            vals[t] = rows_csr_idx(indptr, indices, data, rows, (b * t) // nch,
-                                   (b * (t + 1)) // nch, y, a, model, W, V, want_grad,
-                                   want_hvp, inv_b, gb[t], hb[t], cross)
-        return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
+            csr_row_coefs(indptr, indices, data, rows, (b * t) // nch, (b * (t + 1)) // nch,
+                          y, a, model, W, V, want_grad, want_hvp, inv_b, CG, CH, losses, cross)
+        for t in prange(nch):
+            csr_scatter_cols(indptr, indices, data, rows, CG, CH, want_grad, want_hvp,
+                             (d * t) // nch, (d * (t + 1)) // nch, G, HV)
+        return _sum_in_order(losses)
     return csr_impl
+
+
+@njit(cache=True)
+def _sum_in_order(v):
+    s = 0.0
+    for k in range(v.shape[0]):
+        s += v[k]
+    return s
+
+
+@njit(cache=True)
+def csr_batch_chunks(indptr, rows, nchunks):
+    """Row/column blocks of a CSR minibatch pass: one per 65536 nonzeros of
+    the batch, at most ``nchunks`` (a function of the batch alone)."""
+    nnz = 0
+    for k in range(rows.shape[0]):
+        nnz += indptr[rows[k] + 1] - indptr[rows[k]]
+    return max(1, min(nchunks, nnz // 65536))
 
 
 @njit(cache=True, parallel=True)
