@@ -50,7 +50,11 @@ def table(name, runs, budget, start):
             seen = [v for (s, v) in runs[c][0] if s <= t]
             row += f"{seen[-1]:>20.4f}" if seen else f"{'-':>20}"
         lines.append(row)
-    lines.append(f"{'iters':>8}" + "".join(f"{len(runs[c][0]):>20}" for c in cols))
+    # outer iterations (FSLA: single-loop iterations; its history has a row
+    # every eval_every of them)
+    lines.append(f"{'iters':>8}" + "".join(
+        f"{(runs[c][1].history.passes[-1] if c == 'FSLA' else len(runs[c][0])):>20}"
+        for c in cols))
     lines.append(f"{'rows/n':>8}" + "".join(
         f"{runs[c][1].history.rows[-1] / prob_n[name]:>20.0f}" for c in cols))
     return "\n".join(lines)

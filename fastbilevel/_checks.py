@@ -166,3 +166,19 @@ def check_vector(name, v, shape):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     return arr
+
+
+def check_n_classes(model, n_classes, *label_arrays):
+    """c: n_classes (default largest label + 1) for multinomial, else 1."""
+    if model == "multinomial":
+        top = int(max(float(y.max()) for y in label_arrays)) + 1
+        c = top if n_classes is None else check_scalar("n_classes", n_classes, low=2,
+                                                       integer=True)
+        if c < 2:
+            raise ValueError(f"n_classes={c} must be >= 2")
+        if c < top:
+            raise ValueError(f"n_classes={c} but labels go up to {top - 1}")
+        return c
+    if n_classes not in (None, 1):
+        raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")
+    return 1

@@ -73,17 +73,7 @@ class MultiTaskProblem:
         self.y_test = _checks.check_labels("y_test", yt.ravel(), yt.size, model).reshape(yt.shape)
         self.n_tasks, self.shots, self.d = N, s, d
         self.test_shots = self.X_test.shape[1]
-        if model == "multinomial":
-            top = int(max(self.y.max(), self.y_test.max())) + 1
-            n_classes = top if n_classes is None else \
-                _checks.check_scalar("n_classes", n_classes, low=2, integer=True)
-            if n_classes < top:
-                raise ValueError(f"n_classes={n_classes} but labels go up to {top - 1}")
-            self.c = n_classes
-        else:
-            if n_classes not in (None, 1):
-                raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")
-            self.c = 1
+        self.c = _checks.check_n_classes(model, n_classes, self.y, self.y_test)
         self.reg = _checks.check_scalar("reg", reg, low=0.0)
         self._L = None
 

@@ -84,18 +84,7 @@ class BilevelProblem:
         self.nnz_val = int(vip[-1]) if sparse else m * d
         self.y = _checks.check_labels("y", y, n, model)
         self.y_val = _checks.check_labels("y_val", y_val, m, model)
-        if model == "multinomial":
-            top = int(max(self.y.max(), self.y_val.max())) + 1
-            if n_classes is None:
-                n_classes = top
-            n_classes = _checks.check_scalar("n_classes", n_classes, low=2, integer=True)
-            if n_classes < top:
-                raise ValueError(f"n_classes={n_classes} but labels go up to {top - 1}")
-            self.c = n_classes
-        else:
-            if n_classes not in (None, 1):
-                raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")
-            self.c = 1
+        self.c = _checks.check_n_classes(model, n_classes, self.y, self.y_val)
         if hyper in _DEFAULT_REG:
             if reg is None:
                 reg = _DEFAULT_REG[hyper]

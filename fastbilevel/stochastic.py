@@ -12,6 +12,19 @@ from .kernels.stochastic import stocbio_run
 HESSIAN_SCHEDULES = ("decay", "uniform")
 
 
+def _batches(problem, batch_size, outer_batch, cross_batch, replace):
+    """(training batch, validation batch, cross batch) sizes, checked: the
+    training batch defaults to min(n, 128), the validation batch to
+    min(m, batch) and the cross batch to the training batch."""
+    if not isinstance(replace, (bool, np.bool_)):
+        raise TypeError(f"replace={replace!r} must be a bool")
+    n, m = problem.n, problem.m
+    S = min(n, 128) if batch_size is None else check_batch("batch_size", batch_size, n, replace)
+    bv = min(m, S) if outer_batch is None else check_batch("outer_batch", outer_batch, m, replace)
+    bc = S if cross_batch is None else check_batch("cross_batch", cross_batch, n, replace)
+    return S, bv, bc
+
+
 def hessian_batch_sizes(B, Q, eta, mu, schedule="decay", n=None):
     """|B_1|, ..., |B_Q| of stocBiO's Neumann estimator.
 
@@ -76,12 +89,8 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
                          "hypergradient of a learned start is zero); use an ITD method")
     D = _checks.check_scalar("steps", steps, low=0, integer=True)
     Q = _checks.check_scalar("Q", Q, low=0, integer=True)
-    if not isinstance(replace, (bool, np.bool_)):
-        raise TypeError(f"replace={replace!r} must be a bool")
-    n, m = problem.n, problem.m
-    S = min(n, 128) if batch_size is None else check_batch("batch_size", batch_size, n, replace)
-    df = min(m, S) if outer_batch is None else check_batch("outer_batch", outer_batch, m, replace)
-    dg = S if cross_batch is None else check_batch("cross_batch", cross_batch, n, replace)
+    n = problem.n
+    S, df, dg = _batches(problem, batch_size, outer_batch, cross_batch, replace)
     seed = check_seed(seed)
     hp = problem._lam_in(lam)
     gamma = resolve_step_size(problem, lam, step_size, minibatch=True)
@@ -169,12 +178,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     iters = _checks.check_scalar("iters", iters, low=1, integer=True)
     eval_every = _checks.check_scalar("eval_every", eval_every, low=1, integer=True)
     delta = _checks.check_scalar("delta", delta, low=0.0, low_inclusive=False)
-    if not isinstance(replace, (bool, np.bool_)):
-        raise TypeError(f"replace={replace!r} must be a bool")
-    n, m = problem.n, problem.m
-    S = min(n, 128) if batch_size is None else check_batch("batch_size", batch_size, n, replace)
-    bv = min(m, S) if outer_batch is None else check_batch("outer_batch", outer_batch, m, replace)
-    bc = S if cross_batch is None else check_batch("cross_batch", cross_batch, n, replace)
+    S, bv, bc = _batches(problem, batch_size, outer_batch, cross_batch, replace)
     seed = check_seed(seed)
     lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
     bnd = _bounds(problem, bounds)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -56,3 +60,14 @@ def random_lam(prob, seed=1):
                 ids=lambda p: "-".join(p))
 def combo(request):
     return request.param
+
+
+def same_output_on_1_and_2_threads(script):
+    """Run ``script`` in fresh processes with 1 and 2 Numba threads and
+    assert both print the same non-empty text."""
+    outs = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
+        outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert outs[0] == outs[1] and outs[0].strip()

@@ -1,15 +1,12 @@
 """Multi-task init problems (MAML): reverse/recompute/FO-BLO/UFO-BLO against a
 NumPy meta objective, UFO's unbiasedness, FO-BLO's bias and the FO-BLO
 counterexample."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import fastbilevel as fb
 import naive
+from conftest import same_output_on_1_and_2_threads
 
 
 def np_meta_value(ds, theta, r, alpha, reg, tasks=None):
@@ -149,9 +146,4 @@ print(r.lam.sum().hex())
 
 
 def test_meta_learning_is_bit_identical_across_thread_counts():
-    outs = []
-    for threads in ("1", "2"):
-        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
-        outs.append(subprocess.run([sys.executable, "-c", _SCRIPT], env=env, check=True,
-                                   capture_output=True, text=True).stdout)
-    assert outs[0] == outs[1] and outs[0]
+    same_output_on_1_and_2_threads(_SCRIPT)

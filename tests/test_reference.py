@@ -4,7 +4,7 @@ import pytest
 
 import fastbilevel as fb
 import naive
-from conftest import FORMATS, HYPERS, MODELS, make_problem, random_lam
+from conftest import HYPERS, MODELS, make_problem, random_lam
 from fastbilevel.reference import numpy_reverse
 
 

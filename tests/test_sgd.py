@@ -1,16 +1,13 @@
 """solver='sgd': the in-kernel sampler, minibatch passes, and every ITD
 method through the sampled trajectory against finite differences of a NumPy
 SGD loop over the same batches."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import fastbilevel as fb
 import naive
-from conftest import HYPERS, MODELS, make_problem, random_lam
+from conftest import (HYPERS, MODELS, make_problem, random_lam,
+                      same_output_on_1_and_2_threads)
 from fastbilevel.kernels import oracle_pass
 from fastbilevel.kernels.oracles import oracle_pass_rows
 from fastbilevel.kernels.sampling import STREAM_INNER, draw_rows
@@ -152,9 +149,4 @@ print(r.grad.tobytes().hex()[:64], r.grad.sum().hex(), r.w.sum().hex())
 
 
 def test_sgd_is_bit_identical_across_thread_counts():
-    outs = []
-    for threads in ("1", "2"):
-        env = dict(os.environ, NUMBA_NUM_THREADS=threads)
-        outs.append(subprocess.run([sys.executable, "-c", _SCRIPT], env=env, check=True,
-                                   capture_output=True, text=True).stdout)
-    assert outs[0] == outs[1] and outs[0]
+    same_output_on_1_and_2_threads(_SCRIPT)

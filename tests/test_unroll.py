@@ -2,8 +2,6 @@
 for every model × map × format and every solver; reverse matches finite
 differences for the momentum solvers; truncation obeys Shaban Prop. 3.1;
 schedules cost what the theory says."""
-import math
-
 import numpy as np
 import pytest
 

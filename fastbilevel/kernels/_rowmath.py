@@ -5,7 +5,6 @@ take scalars only. ``z`` is the margin (c = 1) or the logit vector (c > 1).
 """
 import math
 
-import numpy as np
 from numba import njit
 
 

@@ -42,28 +42,33 @@ def _axpy_csr(indptr, indices, data, i, coef, A):
                 ak[idx[q]] += ck * val[q]
 
 
+@njit(cache=True, inline="always")
+def _csr_row(indptr, indices, data, i, pos, y, a, model, W, V, want_grad, want_hvp, inv_n,
+             G, HV, cross, z, u, cg, ch, dl, hu):
+    """One row of a pass: dots, coefficients (cross at ``pos``), accumulation."""
+    _dots_csr(indptr, indices, data, i, W, z)
+    if want_hvp:
+        _dots_csr(indptr, indices, data, i, V, u)
+    v = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad, want_hvp,
+                  cg, ch, cross, pos, dl, hu)
+    if want_grad:
+        _axpy_csr(indptr, indices, data, i, cg, G)
+    if want_hvp:
+        _axpy_csr(indptr, indices, data, i, ch, HV)
+    return v
+
+
 @njit(cache=True)
 def rows_csr(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
              want_hvp, inv_n, G, HV, cross):
     """Same contract as ``dense.rows_dense`` for a CSR matrix."""
     c = W.shape[0]
-    z = np.empty(c)
-    u = np.zeros(c)
-    cg = np.zeros(c)
-    ch = np.zeros(c)
-    dl = np.empty(c)
-    hu = np.empty(c)
+    z, u, cg, ch, dl, hu = np.empty(c), np.zeros(c), np.zeros(c), np.zeros(c), \
+        np.empty(c), np.empty(c)
     val = 0.0
     for i in range(lo, hi):
-        _dots_csr(indptr, indices, data, i, W, z)
-        if want_hvp:
-            _dots_csr(indptr, indices, data, i, V, u)
-        val += row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n,
-                         want_grad, want_hvp, cg, ch, cross, i, dl, hu)
-        if want_grad:
-            _axpy_csr(indptr, indices, data, i, cg, G)
-        if want_hvp:
-            _axpy_csr(indptr, indices, data, i, ch, HV)
+        val += _csr_row(indptr, indices, data, i, i, y, a, model, W, V, want_grad, want_hvp,
+                        inv_n, G, HV, cross, z, u, cg, ch, dl, hu)
     return val
 
 
@@ -73,24 +78,12 @@ def rows_csr_idx(indptr, indices, data, rows, lo, hi, y, a, model, W, V, want_gr
     """``rows_csr`` over the gathered rows rows[lo..hi] (a minibatch); cross
     is indexed by batch position."""
     c = W.shape[0]
-    z = np.empty(c)
-    u = np.zeros(c)
-    cg = np.zeros(c)
-    ch = np.zeros(c)
-    dl = np.empty(c)
-    hu = np.empty(c)
+    z, u, cg, ch, dl, hu = np.empty(c), np.zeros(c), np.zeros(c), np.zeros(c), \
+        np.empty(c), np.empty(c)
     val = 0.0
     for k in range(lo, hi):
-        i = rows[k]
-        _dots_csr(indptr, indices, data, i, W, z)
-        if want_hvp:
-            _dots_csr(indptr, indices, data, i, V, u)
-        val += row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n,
-                         want_grad, want_hvp, cg, ch, cross, k, dl, hu)
-        if want_grad:
-            _axpy_csr(indptr, indices, data, i, cg, G)
-        if want_hvp:
-            _axpy_csr(indptr, indices, data, i, ch, HV)
+        val += _csr_row(indptr, indices, data, rows[k], k, y, a, model, W, V, want_grad,
+                        want_hvp, inv_n, G, HV, cross, z, u, cg, ch, dl, hu)
     return val
 
 

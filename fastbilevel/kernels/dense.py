@@ -158,6 +158,14 @@ def _axpy_dense(X, i, coef, A):
                 A[k, j] += ck * X[i, j]
 
 
+@njit(cache=True, inline="always")
+def _block_scratch(c):
+    """Per-call scratch of the 8-row kernels: dots Z, U and coefficients CG,
+    CH (8, c), and two length-c rows."""
+    return (np.empty((RB, c)), np.zeros((RB, c)), np.zeros((RB, c)), np.zeros((RB, c)),
+            np.empty(c), np.empty(c))
+
+
 @njit(cache=True)
 def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
                HV, cross):
@@ -166,12 +174,7 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
     HV += Σ (a_i/n) ℓ''(z_i) u_i ⊗ x_i and cross[i] = ℓ'(z_i)·u_i / n
     (if want_hvp; cross only when it has length n)."""
     c = W.shape[0]
-    Z = np.empty((RB, c))
-    U = np.zeros((RB, c))
-    CG = np.zeros((RB, c))
-    CH = np.zeros((RB, c))
-    dl = np.empty(c)
-    hu = np.empty(c)
+    Z, U, CG, CH, dl, hu = _block_scratch(c)
     val = 0.0
     i = lo
     while i + RB <= hi:
@@ -211,12 +214,7 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
     cross is indexed by batch position (a row drawn twice has two entries)."""
     c, d = W.shape
     Xb = np.empty((RB, d), dtype=X.dtype)
-    Z = np.empty((RB, c))
-    U = np.zeros((RB, c))
-    CG = np.zeros((RB, c))
-    CH = np.zeros((RB, c))
-    dl = np.empty(c)
-    hu = np.empty(c)
+    Z, U, CG, CH, dl, hu = _block_scratch(c)
     yb = np.empty(RB)
     val = 0.0
     k = lo

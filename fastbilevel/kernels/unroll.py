@@ -40,8 +40,8 @@ from .. import config
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
 from .csr import _axpy_csr, _dots_csr
 from .dense import _axpy_dense, _dots_dense
-from .oracles import (_cross_add_rows, _pass, _pass_rows, cross_add, reg_grad_add,
-                      reg_hvp_add, reg_value)
+from .oracles import (_cross_add_rows, _pass, _pass_rows, reg_grad_add, reg_hvp_add,
+                      reg_value)
 from .sampling import STREAM_INNER, draw_rows
 
 GD = 0
