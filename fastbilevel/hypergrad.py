@@ -134,7 +134,7 @@ def build_schedule(method, T, K, snapshots, schedule):
 def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   step_size=None, w0=None, *, K=None, snapshots=None,
                   schedule="revolve", momentum=None, linear_solver="cg", tol=1e-10,
-                  v0=None, eta=None, batch_size=None, replace=False, seed=0, **stocbio_kw):
+                  v0=None, eta=None, batch_size=None, replace=False, seed=0, **method_kw):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
     For a :class:`~fastbilevel.meta.MultiTaskProblem` this is
@@ -225,7 +225,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         if solver != "gd":
             raise ValueError("a MultiTaskProblem's inner loop is solver='gd'")
         return meta_hypergradient(problem, lam, method, steps, step_size, seed=seed,
-                                  **stocbio_kw)
+                                  **method_kw)
     _checks.check_choice("method", method, METHODS)
     if method == "stocbio":
         from .stochastic import stocbio
@@ -237,9 +237,9 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
             raise ValueError(f"method='stocbio' runs minibatch SGD inner steps; "
                              f"solver={solver!r} does not apply")
         return stocbio(problem, lam, steps=steps, step_size=step_size, w0=w0, eta=eta,
-                       batch_size=batch_size, replace=replace, seed=seed, **stocbio_kw)
-    if stocbio_kw:
-        raise TypeError(f"unexpected arguments for method={method!r}: {sorted(stocbio_kw)}")
+                       batch_size=batch_size, replace=replace, seed=seed, **method_kw)
+    if method_kw:
+        raise TypeError(f"unexpected arguments for method={method!r}: {sorted(method_kw)}")
     sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     if method == "implicit":
         return _implicit(problem, lam, solver, steps, step_size, w0, momentum, K,

@@ -117,20 +117,12 @@ def _zero_outputs(want_grad, want_hvp, G, HV):
 
 
 @njit(cache=True)
-def batch_chunks(indptr, rows, c, d, nchunks):
-    """How many chunks a minibatch pass over ``rows`` is split into: enough
-    work per chunk to pay for its (c, d) buffer (32 dense rows, or 8·c·d
-    nonzeros for CSR), at most ``nchunks``. A function of the batch alone,
-    so a fixed ``nchunks`` gives the same summation order on any machine."""
-    b = rows.shape[0]
-    if indptr is None:
-        per = b // 32
-    else:
-        nnz = 0
-        for k in range(b):
-            nnz += indptr[rows[k] + 1] - indptr[rows[k]]
-        per = nnz // (8 * c * d)
-    return max(1, min(nchunks, per))
+def dense_batch_chunks(b, nchunks):
+    """Chunks of a dense minibatch pass over b rows: one per 32 rows (enough
+    work to pay for a chunk's (c, d) buffer), at most ``nchunks``. A function
+    of the batch alone, so a fixed ``nchunks`` gives the same summation
+    order on any machine."""
+    return max(1, min(nchunks, b // 32))
 
 
 def _pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
@@ -155,7 +147,7 @@ def _ol_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
                        want_hvp, G, HV, cross, nchunks):
             b = rows.shape[0]
             c, d = W.shape
-            nch = batch_chunks(indptr, rows, c, d, nchunks)
+            nch = dense_batch_chunks(b, nchunks)
             inv_b = 1.0 / b
             if nch == 1:         # small batch: no per-chunk buffers to allocate
                 _zero_outputs(want_grad, want_hvp, G, HV)
