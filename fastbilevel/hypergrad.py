@@ -353,7 +353,7 @@ def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,
     passes, inner_values, ...). No trajectory is kept."""
     sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
-                     lambda T: schedules.Schedule([(schedules.ADV, T), (schedules.INIT_ADJ, 0)], 0, 0),
+                     schedules.inner_only,
                      "solve", sampler)
     r.grad = None
     r.stats["method"] = "solve"
@@ -409,7 +409,7 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
     K = 100 if K is None else _checks.check_scalar("K", K, low=0, integer=True)
     tol = _checks.check_scalar("tol", tol, low=0.0)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
-                     lambda T: schedules.Schedule([(schedules.ADV, T), (schedules.INIT_ADJ, 0)], 0, 0),
+                     schedules.inner_only,
                      "implicit", sampler)
     hp = problem._lam_in(lam)
     W = problem._w_in("w", r.w)

@@ -7,6 +7,8 @@ handles every model × map × format the package does (scipy.sparse for CSR).
 import numpy as np
 import scipy.sparse as sp
 
+from .kernels.sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER, batch
+
 
 def _dloss(model, Z, y, U=None):
     """ℓ'(Z) row-wise and, given U, ℓ''(Z)U (Z, U of shape (n, c))."""
@@ -154,30 +156,23 @@ class _Batched:
         return h
 
 
-def _draw(seed, stream, step, n, b, replace):
-    from .kernels.sampling import draw_rows
-    return draw_rows(seed, stream, step, n, b, replace, np.arange(n, dtype=np.int64),
-                     np.empty(b, dtype=np.int64)).copy()
-
-
 def numpy_stocbio(problem, lam, steps, step_size, Q, eta, batch_size, hessian_sizes,
                   outer_batch, cross_batch, seed=0, w0=None, replace=False):
     """stocBiO (thesis Alg. 4-5) in NumPy/SciPy on the same batches as
     :func:`fastbilevel.stocbio`: returns (grad, w)."""
-    from .kernels.sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER
     p = problem
     B = _Batched(p)
     prm = B.params(lam)
     W = np.zeros((p.d, p.c)) if w0 is None else p._w_in("w0", w0).T.copy()
     for t in range(steps):
-        W = W - step_size * B.grad(prm, W, _draw(seed, STREAM_INNER, t, p.n, batch_size, replace))
-    r = B.outer_grad(W, _draw(seed, STREAM_F, 0, p.m, outer_batch, replace))
+        W = W - step_size * B.grad(prm, W, batch(seed, STREAM_INNER, t, p.n, batch_size, replace))
+    r = B.outer_grad(W, batch(seed, STREAM_F, 0, p.m, outer_batch, replace))
     acc = r.copy()
     for i in range(Q, 0, -1):
-        r = r - eta * B.hvp(prm, W, r, _draw(seed, STREAM_HESS, i, p.n, hessian_sizes[i - 1],
+        r = r - eta * B.hvp(prm, W, r, batch(seed, STREAM_HESS, i, p.n, hessian_sizes[i - 1],
                                               replace))
         acc += r
-    h = -B.cross(prm, W, eta * acc, _draw(seed, STREAM_G, 0, p.n, cross_batch, replace))
+    h = -B.cross(prm, W, eta * acc, batch(seed, STREAM_G, 0, p.n, cross_batch, replace))
     return p._lam_out(h), p._w_out(W.T)
 
 
@@ -185,7 +180,6 @@ def numpy_fsla(problem, lam0, iters, delta, c_tau, c_beta, c_eta, batch_size, ou
                cross_batch, seed=0, replace=False):
     """FSLA (Alg. 1 of Li, Gu & Huang) in NumPy/SciPy on the same batches as
     :func:`fastbilevel.fsla` (no bounds): returns (λ, w, v) after ``iters``."""
-    from .kernels.sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER
     p = problem
     B = _Batched(p)
     to_k = (lambda x: np.asarray(x, float).reshape(p.d, p.c).T.ravel()) \
@@ -193,10 +187,10 @@ def numpy_fsla(problem, lam0, iters, delta, c_tau, c_beta, c_eta, batch_size, ou
     lam = to_k(lam0)
     pub = lambda lk: p._lam_out(lk)
     W = np.zeros((p.d, p.c))
-    est = lambda prm, W, V, st: -B.cross(prm, W, V, _draw(seed, STREAM_G, st, p.n, cross_batch,
+    est = lambda prm, W, V, st: -B.cross(prm, W, V, batch(seed, STREAM_G, st, p.n, cross_batch,
                                                            replace))
     prm = B.params(pub(lam))
-    V = delta * c_beta * B.outer_grad(W, _draw(seed, STREAM_F, 0, p.m, outer_batch, replace))
+    V = delta * c_beta * B.outer_grad(W, batch(seed, STREAM_F, 0, p.m, outer_batch, replace))
     dm = est(prm, W, V, 0)
     for k in range(iters):
         a = delta / np.sqrt(k + 1)
@@ -204,9 +198,9 @@ def numpy_fsla(problem, lam0, iters, delta, c_tau, c_beta, c_eta, batch_size, ou
         e_old = est(prm, W, V, st)
         lam = lam - a * dm
         prm = B.params(pub(lam))
-        P = B.outer_grad(W, _draw(seed, STREAM_F, st, p.m, outer_batch, replace))
-        G = B.grad(prm, W, _draw(seed, STREAM_INNER, st, p.n, batch_size, replace))
-        HV = B.hvp(prm, W, V, _draw(seed, STREAM_HESS, st, p.n, batch_size, replace))
+        P = B.outer_grad(W, batch(seed, STREAM_F, st, p.m, outer_batch, replace))
+        G = B.grad(prm, W, batch(seed, STREAM_INNER, st, p.n, batch_size, replace))
+        HV = B.hvp(prm, W, V, batch(seed, STREAM_HESS, st, p.n, batch_size, replace))
         W, V = W - c_tau * a * G, V + c_beta * a * (P - HV)
         dm = est(prm, W, V, st) + (1 - min(1.0, c_eta * a)) * (dm - e_old)
     return pub(lam), p._w_out(W.T), p._w_out(V.T)

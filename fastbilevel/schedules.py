@@ -30,6 +30,11 @@ class Schedule:
         return int(adv + np.sum((a[:, 0] == INIT_ADJ) & (a[:, 1] == 1)))
 
 
+def inner_only(T):
+    """The inner loop alone: T steps, then f(w_T) (no reverse sweep)."""
+    return Schedule([(ADV, T), (INIT_ADJ, 0)], 0, 0)
+
+
 def reverse(T):
     return Schedule([(ADV_STORE, T), (INIT_ADJ, 0), (REV_BUF, T), (FINISH, 0)], 0, T)
 

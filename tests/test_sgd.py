@@ -10,14 +10,11 @@ from conftest import (HYPERS, MODELS, make_problem, random_lam,
                       same_output_on_1_and_2_threads)
 from fastbilevel.kernels import oracle_pass
 from fastbilevel.kernels.oracles import oracle_pass_rows
-from fastbilevel.kernels.sampling import STREAM_INNER, draw_rows
+from fastbilevel.kernels.sampling import STREAM_INNER, batch, draw_rows
 
 
 def batches(seed, n, b, T, replace):
-    perm = np.arange(n, dtype=np.int64)
-    out = np.empty(b, dtype=np.int64)
-    return [draw_rows(seed, STREAM_INNER, t, n, b, replace, perm, out).copy()
-            for t in range(T)]
+    return [batch(seed, STREAM_INNER, t, n, b, replace) for t in range(T)]
 
 
 @pytest.mark.parametrize("replace", [False, True])

@@ -8,14 +8,9 @@ import pytest
 import fastbilevel as fb
 import naive
 from conftest import make_problem, random_lam, same_output_on_1_and_2_threads
-from fastbilevel.kernels.sampling import (STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER,
-                                          draw_rows)
+from fastbilevel.kernels.sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER
+from fastbilevel.kernels.sampling import batch as draw
 from fastbilevel.stochastic import hessian_batch_sizes
-
-
-def draw(seed, stream, step, n, b, replace=False):
-    return draw_rows(seed, stream, step, n, b, replace, np.arange(n, dtype=np.int64),
-                     np.empty(b, dtype=np.int64)).copy()
 
 
 def dense_hessian(prob, w, lam):

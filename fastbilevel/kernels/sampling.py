@@ -105,3 +105,10 @@ def coin(seed, stream, step, q):
 def derive(seed, k):
     """An independent seed for outer iteration k of a driver seeded ``seed``."""
     return np.int64(mix64(np.uint64(seed) * _M2 + np.uint64(k) + _GOLDEN) >> np.uint64(1))
+
+
+def batch(seed, stream, step, n, b, replace=False):
+    """The batch ``draw_rows`` gives for (seed, stream, step), as a new array
+    (for Python callers: references, tests)."""
+    return draw_rows(seed, stream, step, n, b, replace, np.arange(n, dtype=np.int64),
+                     np.empty(b, dtype=np.int64)).copy()
