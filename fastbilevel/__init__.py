@@ -1,12 +1,17 @@
 """fastbilevel: hypergradients of bilevel problems with fused Numba kernels."""
-from . import config, datasets, kernels
+__version__ = "0.1.0"
+
+from . import _cache  # noqa: E402  (before any module that defines a cached kernel)
+
+_cache.install()
+
+from . import _parallel  # noqa: E402  (threading layer, before any parallel kernel runs)
+from . import config, datasets, kernels  # noqa: E402
 from .hypergrad import HypergradientResult, hypergradient, plan, solve
 from .meta import MultiTaskProblem, meta_hypergradient
 from .minimize import History, MinimizeResult, minimize
 from .problem import BilevelProblem
 from .stochastic import fsla, hessian_batch_sizes, stocbio
-
-__version__ = "0.1.0"
 
 __all__ = ["BilevelProblem", "hypergradient", "HypergradientResult", "solve", "plan",
            "minimize", "MinimizeResult", "History",

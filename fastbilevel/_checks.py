@@ -6,6 +6,33 @@ import scipy.sparse as sp
 
 _FLOATS = (np.float32, np.float64)
 
+# entries beyond this make squared norms and curvature estimates overflow float64
+MAX_ABS_ENTRY = 1e100
+
+
+def check_problem(problem, kinds):
+    """``problem`` must be an instance of one of ``kinds`` (classes); a
+    built-in Dataset gets a hint to call its ``problem()``."""
+    if isinstance(problem, kinds):
+        return problem
+    names = " or ".join(k.__name__ for k in kinds)
+    if type(problem).__name__ == "Dataset" and callable(getattr(problem, "problem", None)):
+        raise TypeError(f"problem is a Dataset, not a {names}: build one with ds.problem() "
+                        "(e.g. fb.hypergradient(ds.problem(reg=1e-3), lam))")
+    raise TypeError(f"problem must be a {names}, got {type(problem).__name__}")
+
+
+def _check_entries(name, values):
+    """No NaN/inf, and no entry so large that squares overflow float64."""
+    if values.size == 0:
+        return
+    top = float(np.max(np.abs(values)))
+    if not np.isfinite(top):
+        raise ValueError(f"{name} contains NaN or inf")
+    if top > MAX_ABS_ENTRY:
+        raise ValueError(f"{name} has entries up to {top:.3g}: squared norms overflow "
+                         "float64 arithmetic; scale the features (e.g. to unit variance)")
+
 
 def check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
@@ -54,6 +81,10 @@ def check_data(name, X, dtype=None, like_sparse=None, n_features=None):
             X = X.tocsr()
             X.sum_duplicates()
         else:
+            # a new matrix object over the same arrays: scipy's checks below
+            # may retype the index arrays of the object they inspect, and the
+            # caller's matrix must stay as it was
+            X = sp.csr_matrix((X.data, X.indices, X.indptr), shape=X.shape, copy=False)
             try:
                 X.check_format(full_check=True)
             except ValueError as e:
@@ -64,8 +95,7 @@ def check_data(name, X, dtype=None, like_sparse=None, n_features=None):
                     "indices or duplicate entries); call "
                     f"{name}.sum_duplicates() (which also sorts) first")
         data = np.ascontiguousarray(X.data, dtype=dt)
-        if not np.all(np.isfinite(data)):
-            raise ValueError(f"{name} contains NaN or inf")
+        _check_entries(name, data)
         sparse = True
         shape = X.shape
         indptr = np.ascontiguousarray(X.indptr, dtype=np.int64)
@@ -83,8 +113,7 @@ def check_data(name, X, dtype=None, like_sparse=None, n_features=None):
                              f"got shape {arr.shape}")
         dt = _float_dtype_of(name, arr.dtype, dtype)
         arr = np.ascontiguousarray(arr, dtype=dt)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or inf")
+        _check_entries(name, arr)
         sparse = False
         shape = arr.shape
     if shape[0] == 0 or shape[1] == 0:
@@ -168,16 +197,31 @@ def check_vector(name, v, shape):
     return arr
 
 
-def check_n_classes(model, n_classes, *label_arrays):
-    """c: n_classes (default largest label + 1) for multinomial, else 1."""
+def check_n_classes(model, n_classes, y, *other_labels):
+    """c for multinomial (else 1): ``n_classes`` if given (every label must be
+    below it), else the number of classes in the training labels ``y``,
+    which must then be exactly 0..c−1 with every class present (a label
+    that skips classes is almost always a typo or an unencoded label, and
+    would silently build a model with that many outputs)."""
     if model == "multinomial":
-        top = int(max(float(y.max()) for y in label_arrays)) + 1
-        c = top if n_classes is None else check_scalar("n_classes", n_classes, low=2,
-                                                       integer=True)
+        top = int(max(float(v.max()) for v in (y,) + other_labels)) + 1
+        if n_classes is not None:
+            c = check_scalar("n_classes", n_classes, low=2, integer=True)
+            if c < top:
+                raise ValueError(f"n_classes={c} but labels go up to {top - 1}")
+            return c
+        present = np.unique(y)
+        c = present.shape[0]
         if c < 2:
-            raise ValueError(f"n_classes={c} must be >= 2")
-        if c < top:
-            raise ValueError(f"n_classes={c} but labels go up to {top - 1}")
+            raise ValueError(f"y: multinomial labels need at least 2 classes, got "
+                             f"{present.tolist()}")
+        if top != c:
+            missing = np.setdiff1d(np.arange(min(top, c + 10)), present)[:5].tolist()
+            raise ValueError(
+                f"y: multinomial labels must be 0..c-1 with every class present in y; got "
+                f"{c} distinct labels up to {top - 1} (missing e.g. {missing}). Encode "
+                "them with np.unique(y, return_inverse=True)[1] (or scikit-learn's "
+                "LabelEncoder), or pass n_classes explicitly")
         return c
     if n_classes not in (None, 1):
         raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")

@@ -1,7 +1,41 @@
-"""How many row chunks the parallel kernels split a pass into."""
+"""Threading layer and the number of row chunks the parallel kernels use.
+
+Threading layer: Numba's default on Linux is GNU OpenMP when TBB is absent,
+and a process that has run a GNU OpenMP parallel region cannot ``fork()``: the
+child aborts ("fork() called from a process already using GNU OpenMP") and a
+``multiprocessing`` pool (fork is Linux's default), joblib or an older Dask
+setup started after any kernel call hangs. fastbilevel therefore asks Numba
+for the ``safe`` layer (TBB: safe under fork and with concurrent calls from
+several threads) when TBB is installed (``tbb`` is a dependency on x86-64)
+and the user has not chosen a layer (``NUMBA_THREADING_LAYER``, or
+``numba.config.THREADING_LAYER`` set before fastbilevel is imported).
+"""
+import os
+
 import numba
 
 from . import config
+
+
+def _tbb_available():
+    """Whether Numba can load its TBB layer (the checks Numba itself makes)."""
+    try:
+        from numba.np.ufunc.parallel import _check_tbb_version_compatible
+        _check_tbb_version_compatible()       # loads libtbb, or raises
+        from numba.np.ufunc import tbbpool    # noqa: F401
+        return True
+    except Exception:                         # ImportError, OSError, version too old
+        return False
+
+
+def _choose_threading_layer():
+    if "NUMBA_THREADING_LAYER" in os.environ or numba.config.THREADING_LAYER != "default":
+        return
+    if _tbb_available():
+        numba.config.THREADING_LAYER = "safe"
+
+
+_choose_threading_layer()
 
 
 def nchunks():

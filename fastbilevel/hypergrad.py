@@ -5,9 +5,11 @@ import time
 import numpy as np
 
 from . import _checks, config, schedules
+from ._interrupt import run_kernel
+from .problem import BilevelProblem
 from .kernels import oracle_pass
 from .kernels.implicit import CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, implicit_solve
-from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule
+from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule, value_stride
 from ._parallel import fixed_nchunks, nchunks
 
 METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward", "implicit",
@@ -51,7 +53,7 @@ def resolve_step_size(problem, lam, step_size, minibatch=False):
     (for minibatch steps the per-sample bound ``problem.lipschitz(lam,
     per_sample=True)``, which every batch's loss obeys)."""
     if step_size is None:
-        return 1.0 / problem.lipschitz(lam, per_sample=minibatch)
+        return 1.0 / smoothness(problem, lam, minibatch)
     return _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
 
 
@@ -72,9 +74,59 @@ def resolve_momentum(problem, lam, solver, momentum):
     if mu <= 0.0:
         raise ValueError(f"solver={solver!r} needs momentum=... here: the inner problem "
                          "has no strong-convexity floor (reg = 0) to derive it from")
-    q = math.sqrt(problem.lipschitz(lam) / mu)
+    q = math.sqrt(smoothness(problem, lam) / mu)
     beta = (q - 1.0) / (q + 1.0)
     return beta if solver == "agd" else beta * beta
+
+
+def stability_bound(solver, L, beta):
+    """The largest stable step size on a quadratic of curvature L: 2/L for
+    gd and sgd; 2(1+β)/L for heavy_ball; 2(1+β)/((1+2β)L) for agd (from the
+    roots of each iteration's characteristic polynomial)."""
+    if solver == "heavy_ball":
+        return 2.0 * (1.0 + beta) / L
+    if solver == "agd":
+        return 2.0 * (1.0 + beta) / ((1.0 + 2.0 * beta) * L)
+    return 2.0 / L
+
+
+def smoothness(problem, lam, minibatch=False):
+    """``problem.lipschitz(lam)``, refused with a named error when the data
+    give no curvature to step by (L = 0) or overflow (L not finite)."""
+    L = problem.lipschitz(lam, per_sample=minibatch)
+    if not np.isfinite(L):
+        raise ValueError("the smoothness estimate of g overflows: the entries of X are too "
+                         "large for float64 arithmetic; scale the features (e.g. to unit "
+                         "variance)")
+    if L <= 0.0:
+        raise ValueError("the inner problem has no curvature at this lam (X is zero or every "
+                         "sample weight is 0, and reg = 0): it has no unique minimizer and no "
+                         "step size can be derived; use reg > 0, another lam, or nonzero data")
+    return L
+
+
+def check_step_size(problem, lam, gamma, solver, beta, check_step, name="step_size",
+                    label=None):
+    """Refuse a step size at or above the solver's stability bound
+    (:func:`stability_bound`) for the estimated smoothness L of the full
+    objective, unless ``check_step`` is False. For minibatch steps this is
+    a necessary condition (on a quadratic the mean of the SGD iterates
+    follows gd on the full objective), not the per-sample bound that the
+    default step size uses."""
+    if not isinstance(check_step, (bool, np.bool_)):
+        raise TypeError(f"check_step={check_step!r} must be a bool")
+    if not check_step:
+        return
+    L = smoothness(problem, lam)
+    bound = stability_bound(solver, L, beta)
+    if gamma >= bound:
+        raise ValueError(
+            f"{name}={gamma:.4g} makes {label or f'solver={solver!r}'} diverge: the "
+            f"smoothness of g is about "
+            f"L={L:.4g}, so {name} must be < {bound:.4g}"
+            + ("" if solver in ("gd", "sgd") else f" (momentum={beta:.4g})")
+            + f"; the default {name}=None uses 1/L. Pass check_step=False to run it anyway "
+            "(L is an estimate)")
 
 
 def check_seed(seed):
@@ -134,7 +186,8 @@ def build_schedule(method, T, K, snapshots, schedule):
 def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   step_size=None, w0=None, *, K=None, snapshots=None,
                   schedule="revolve", momentum=None, linear_solver="cg", tol=1e-10,
-                  v0=None, eta=None, batch_size=None, replace=False, seed=0, **method_kw):
+                  v0=None, eta=None, batch_size=None, replace=False, seed=0, check_step=True,
+                  **method_kw):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
     For a :class:`~fastbilevel.meta.MultiTaskProblem` this is
@@ -204,6 +257,14 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     seed : int in [0, 2^63), for ``sgd``. The same seed gives bit-identical
         results on any thread count (passes are split into
         ``config.STOCHASTIC_NCHUNKS`` chunks, not one per thread).
+    check_step : bool, default True
+        Refuse a ``step_size`` (and, for ``neumann``, an ``eta``) at or above
+        the solver's stability bound for the estimated smoothness L (2/L for
+        gd; see :func:`stability_bound`) before running. While running, an
+        inner loop whose g becomes non-finite or rises far above g(w_0) is
+        reported as divergent either way.
+
+    A run can be stopped with Ctrl-C (KeyboardInterrupt) at any step.
 
     Returns
     -------
@@ -217,6 +278,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         with this step size.
     """
     from .meta import MultiTaskProblem, meta_hypergradient
+    _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
     if isinstance(problem, MultiTaskProblem):
         for name, val in (("w0", w0), ("K", K), ("snapshots", snapshots), ("momentum", momentum),
                           ("v0", v0), ("eta", eta), ("batch_size", batch_size)):
@@ -225,7 +287,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         if solver != "gd":
             raise ValueError("a MultiTaskProblem's inner loop is solver='gd'")
         return meta_hypergradient(problem, lam, method, steps, step_size, seed=seed,
-                                  **method_kw)
+                                  check_step=check_step, **method_kw)
     _checks.check_choice("method", method, METHODS)
     if method == "stocbio":
         from .stochastic import stocbio
@@ -237,13 +299,14 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
             raise ValueError(f"method='stocbio' runs minibatch SGD inner steps; "
                              f"solver={solver!r} does not apply")
         return stocbio(problem, lam, steps=steps, step_size=step_size, w0=w0, eta=eta,
-                       batch_size=batch_size, replace=replace, seed=seed, **method_kw)
+                       batch_size=batch_size, replace=replace, seed=seed,
+                       check_step=check_step, **method_kw)
     if method_kw:
         raise TypeError(f"unexpected arguments for method={method!r}: {sorted(method_kw)}")
     sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     if method == "implicit":
         return _implicit(problem, lam, solver, steps, step_size, w0, momentum, K,
-                         snapshots, linear_solver, tol, v0, eta, sampler)
+                         snapshots, linear_solver, tol, v0, eta, sampler, check_step)
     if method == "forward":
         if K is not None or snapshots is not None:
             raise ValueError("K and snapshots do not apply to method='forward'")
@@ -251,7 +314,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     else:
         sched = lambda T: build_schedule(method, T, K, snapshots, schedule)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum, sched, method,
-                     sampler)
+                     sampler, check_step)
     r.stats["method"] = method
     if method == "checkpointed":
         r.stats["schedule"] = schedule
@@ -259,7 +322,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
 
 
 def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_schedule,
-                 label, sampler=None):
+                 label, sampler=None, check_step=True):
     """Validate, run the schedule ``make_schedule(T)`` (forward mode when it
     is None) and package the result; ``label`` names the method in errors;
     ``sampler`` from :func:`resolve_sampler` (None: full-batch steps)."""
@@ -269,6 +332,7 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     hp = problem._lam_in(lam)
     gamma = resolve_step_size(problem, lam, step_size, minibatch=sampler is not None)
     beta = resolve_momentum(problem, lam, solver, momentum)
+    check_step_size(problem, lam, gamma, solver, beta, check_step)
     if problem.hyper == "init":
         if w0 is not None:
             raise ValueError("w0 must not be given for hyper='init': the inner "
@@ -291,20 +355,23 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
         held = sched.nslots * nstate * vec + sched.buf_len * vec
         _check_bytes(held, f"steps={T}: method={label!r} would store")
         nslots = sched.nslots
-    gvals = np.zeros(max(T, 1))
+    gvals = np.zeros(max(1, min(T, config.MAX_INNER_VALUES)))
     h = np.zeros(problem.dim_lam)
     args = (*problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper,
             hp.rdiag, hp.prior, *problem.val, problem.y_val, code, gamma, beta, W0, T)
     nch = nchunks() if sampler is None else fixed_nchunks()
     if make_schedule is None:
-        WT, value, status, counts = forward_mode(*args, gvals, h, nch, sampler)
+        WT, value, status, counts = run_kernel(forward_mode, *args, gvals, h, nch, sampler)
         passes = T * problem.dim_lam  # dim λ ≥ 1 (l2 has shape ())
     else:
-        WT, value, status, counts = run_schedule(*args, sched.actions, sched.nslots,
-                                                 sched.buf_len, gvals, h, nch, sampler)
+        WT, value, status, counts = run_kernel(run_schedule, *args, sched.actions,
+                                               sched.nslots, sched.buf_len, gvals, h, nch,
+                                               sampler)
         passes = int(counts[0] + counts[1])
     if status >= 0:
-        _raise_divergence(problem, lam, gamma, gvals, status, sampler is not None)
+        _raise_divergence(problem, lam, gamma, gvals[0], value, status, sampler is not None)
+    check_finite_result(label, value, h, WT)
+    stride = value_stride(T, gvals.shape[0])
     stats = {
         "method": None, "solver": solver, "steps": T, "step_size": gamma, "momentum": beta,
         "time_s": time.perf_counter() - t0,
@@ -315,12 +382,22 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
         "trajectory_bytes": int(held),
         "snapshots": nslots,
         "recomputed_steps": int(counts[0]) - T,
-        "inner_values": gvals[:T].copy(),
+        "inner_values": gvals[:-(-T // stride)].copy(),
+        "inner_values_stride": stride,
     }
     if sampler is not None:
         stats.update(batch_size=int(sampler[0]), replace=bool(sampler[1]),
                      seed=int(sampler[2]), rows_sampled=int(counts[0] + counts[1]) * int(sampler[0]))
     return HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
+
+
+def check_finite_result(label, value, *arrays):
+    """Never return a non-finite result: say what to change instead."""
+    if np.isfinite(value) and all(np.all(np.isfinite(a)) for a in arrays):
+        return
+    raise ValueError(f"method={label!r} gave a non-finite result (outer value {value:.4g}): "
+                     "lam, w0 or the data are too large for float64 arithmetic at this "
+                     "point; scale the data or start from a smaller lam/w0")
 
 
 def _fmt_bytes(n):
@@ -336,25 +413,25 @@ def _check_bytes(nbytes, what):
                          f"{_fmt_bytes(config.MAX_TRAJECTORY_BYTES)}")
 
 
-def _raise_divergence(problem, lam, gamma, gvals, t, minibatch=False):
+def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False):
     L = problem.lipschitz(lam, per_sample=minibatch)
     what = "g on a minibatch (per-sample bound)" if minibatch else "g"
     raise ValueError(
         f"step_size={gamma:.4g} makes the inner loop diverge: g went from "
-        f"{gvals[0]:.4g} to {gvals[t]:.4g} at step {t}. The smoothness of {what} is "
+        f"{g0:.4g} to {gt:.4g} at step {t}. The smoothness of {what} is "
         f"about L={L:.4g}; gradient descent needs step_size < 2/L = {2 / L:.4g}")
 
 
 def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,
-          momentum=None, batch_size=None, replace=False, seed=0):
+          momentum=None, batch_size=None, replace=False, seed=0, check_step=True):
     """The inner loop alone: w_T after ``steps`` steps of ``solver`` (same
     arguments as :func:`hypergradient`). Returns a HypergradientResult with
     ``grad`` None, ``w`` = w_T, ``value`` = f(w_T) and stats (time_s,
     passes, inner_values, ...). No trajectory is kept."""
+    _checks.check_problem(problem, (BilevelProblem,))
     sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
-                     schedules.inner_only,
-                     "solve", sampler)
+                     schedules.inner_only, "solve", sampler, check_step)
     r.grad = None
     r.stats["method"] = "solve"
     return r
@@ -372,6 +449,7 @@ def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
     ``forward`` (dim λ tangents). Raises ValueError if not even one solver
     state fits.
     """
+    _checks.check_problem(problem, (BilevelProblem,))
     T = _checks.check_scalar("steps", steps, low=0, integer=True)
     budget = _checks.check_scalar("memory_bytes", memory_bytes, low=0)
     _checks.check_choice("solver", solver, SOLVERS)
@@ -401,7 +479,7 @@ def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
 
 
 def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots,
-              linear_solver, tol, v0, eta, sampler=None):
+              linear_solver, tol, v0, eta, sampler=None, check_step=True):
     t0 = time.perf_counter()
     if snapshots is not None:
         raise ValueError("snapshots does not apply to method='implicit'")
@@ -409,8 +487,7 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
     K = 100 if K is None else _checks.check_scalar("K", K, low=0, integer=True)
     tol = _checks.check_scalar("tol", tol, low=0.0)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
-                     schedules.inner_only,
-                     "implicit", sampler)
+                     schedules.inner_only, "implicit", sampler, check_step)
     hp = problem._lam_in(lam)
     W = problem._w_in("w", r.w)
     b = np.empty_like(W)
@@ -418,12 +495,14 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
     oracle_pass(*problem.val, problem.y_val, np.empty(0), problem._model, W, W, True,
                 False, b, b, np.empty(0), nch)
     V0 = np.zeros_like(W) if v0 is None else problem._w_in("v0", v0)
-    L = problem.lipschitz(lam)
+    L = smoothness(problem, lam)
     mu = problem.strong_convexity(lam)
     alpha = beta = 0.0
     if linear_solver == "neumann":
         eta = 1.0 / L if eta is None else _checks.check_scalar("eta", eta, low=0.0,
                                                                  low_inclusive=False)
+        check_step_size(problem, lam, eta, "gd", 0.0, check_step, name="eta",
+                        label="linear_solver='neumann'")
     else:
         if eta is not None:
             raise ValueError("eta applies to linear_solver='neumann'")
@@ -435,9 +514,10 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
             alpha = 4.0 / (math.sqrt(L) + math.sqrt(mu)) ** 2
             q = math.sqrt(L / mu)
             beta = ((q - 1.0) / (q + 1.0)) ** 2
-    v, resid, it, status = implicit_solve(*problem.train, problem.y, hp.a, problem._model,
-                                          hp.rdiag, W, b, V0, LINEAR_SOLVERS[linear_solver],
-                                          K, tol, eta, alpha, beta, nch)
+    v, resid, it, status = run_kernel(implicit_solve, *problem.train, problem.y, hp.a,
+                                      problem._model, hp.rdiag, W, b, V0,
+                                      LINEAR_SOLVERS[linear_solver], K, tol, eta, alpha,
+                                      beta, nch)
     if status == DIVERGED:
         raise ValueError(
             f"linear_solver={linear_solver!r} diverged at step {it} (residual {resid:.3g}); "
@@ -445,6 +525,7 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
                                   if linear_solver == "neumann" else ""))
     v_out = problem._w_out(v)
     grad = -problem.cross(r.w, lam, v_out)     # ∇_λ f = 0: d_λ f = −J(ŵ)v
+    check_finite_result("implicit", r.value, grad, v_out)
     extra = int(problem.hyper == "sample_weights")   # J needs a pass over X only there
     st = r.stats
     st.update({

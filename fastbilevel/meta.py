@@ -2,9 +2,11 @@
 (thesis Alg. 6-7; UFO-BLO Sec. 2-3)."""
 import time
 
+import numba
 import numpy as np
 
 from . import _checks
+from ._interrupt import run_kernel
 from . import kernels as K
 from .kernels import meta as MK
 from .kernels._rowmath import curvature_bound
@@ -113,7 +115,7 @@ class MultiTaskProblem:
 
 
 def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=None, *,
-                       q=None, meta_batch=None, seed=0):
+                       q=None, meta_batch=None, seed=0, check_step=True):
     """Meta-gradient of M(θ) over a meta-batch of tasks (UFO-BLO Alg. 1's b/v).
 
     method : ``reverse`` (Alg. 4: r stored states per task), ``recompute``
@@ -126,17 +128,37 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
     meta_batch : tasks per estimate (default all, in order); drawn without
         replacement from ``seed`` otherwise.
     seed : fixes the meta-batch and UFO's coins.
+    check_step : refuse step_size ≥ 2/L (default True); a task whose inner
+        loss rises during the inner loop is reported as divergent either way.
+
+    ``reverse`` holds r states per task of the meta-batch running at once;
+    it is refused when that exceeds ``config.MAX_TRAJECTORY_BYTES``. Ctrl-C
+    stops a run at its next inner step (KeyboardInterrupt).
 
     Returns a HypergradientResult: ``grad`` (shape of θ), ``value`` (mean
     test loss of the meta-batch at φ_r), ``w`` None, ``stats`` (tasks,
     corrections, train_steps, time_s, ...).
     """
-    from .hypergrad import HypergradientResult, check_seed
+    from .hypergrad import HypergradientResult, _check_bytes, check_seed
     t0 = time.perf_counter()
+    if not isinstance(problem, MultiTaskProblem):
+        raise TypeError(f"meta_hypergradient needs a MultiTaskProblem, got "
+                        f"{type(problem).__name__}")
     _checks.check_choice("method", method, META_METHODS)
     r = _checks.check_scalar("steps", steps, low=0, integer=True)
-    alpha = 1.0 / problem.lipschitz() if step_size is None else \
+    L = problem.lipschitz()
+    if not (np.isfinite(L) and L > 0.0):
+        raise ValueError(f"the tasks' smoothness estimate is L={L!r}: the task data are zero "
+                         "(with reg = 0) or too large for float64; scale X or use reg > 0")
+    alpha = 1.0 / L if step_size is None else \
         _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
+    if not isinstance(check_step, (bool, np.bool_)):
+        raise TypeError(f"check_step={check_step!r} must be a bool")
+    if check_step and alpha >= 2.0 / L:
+        raise ValueError(f"step_size={alpha:.4g} makes the tasks' inner GD diverge: their "
+                         f"smoothness is about L={L:.4g}, so step_size must be < 2/L = "
+                         f"{2 / L:.4g}; the default step_size=None uses 1/L. Pass "
+                         "check_step=False to run it anyway (L is an estimate)")
     if method == "ufo":
         q = min(1.0, 1.0 / max(r, 1)) if q is None else _checks.check_scalar("q", q, low=0.0,
                                                                             low_inclusive=False)
@@ -152,14 +174,17 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
     if B > N:
         raise ValueError(f"meta_batch={B} exceeds the {N} tasks")
     seed = check_seed(seed)
+    if method == "reverse":
+        _check_bytes(r * problem.dim_lam * 8 * min(B, numba.get_num_threads()),
+                     f"steps={r}: method='reverse' would store, over the tasks run at once,")
     Th = problem._theta_in(theta)
     G = np.empty_like(Th)
-    val, tasks, fired, tsteps = MK.meta_gradient(
-        problem.X, problem.y, problem.X_test, problem.y_test, problem._model, problem.reg, Th,
-        r, alpha, META_METHODS[method], q, B, seed, G)
+    val, tasks, fired, tsteps = run_kernel(
+        MK.meta_gradient, problem.X, problem.y, problem.X_test, problem.y_test,
+        problem._model, problem.reg, Th, r, alpha, META_METHODS[method], q, B, seed, G)
     if not (np.all(np.isfinite(G)) and np.isfinite(val)):
         raise ValueError(f"the inner loop diverged: step_size={alpha:.4g} must be < 2/L = "
-                         f"{2 / problem.lipschitz():.4g} (L over the tasks' train losses)")
+                         f"{2 / L:.4g} (L over the tasks' train losses)")
     stats = {"method": method, "steps": r, "step_size": alpha, "q": q if method == "ufo" else None,
              "meta_batch": B, "tasks": tasks.copy(), "corrections": int(fired),
              "train_steps": int(tsteps), "seed": seed,

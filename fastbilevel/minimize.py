@@ -75,11 +75,38 @@ def _bounds(problem, bounds):
         return None
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
         raise ValueError("bounds must be a pair (low, high) of scalars or arrays of λ's shape")
-    lo = np.broadcast_to(np.asarray(bounds[0], dtype=float), problem.lam_shape)
-    hi = np.broadcast_to(np.asarray(bounds[1], dtype=float), problem.lam_shape)
+    out = []
+    for name, b in zip(("low", "high"), bounds):
+        try:
+            arr = np.asarray(b, dtype=float)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"bounds: {name}={b!r} is not a number or an array of numbers") from e
+        try:
+            out.append(np.broadcast_to(arr, problem.lam_shape))
+        except ValueError:
+            raise ValueError(f"bounds: {name} has shape {arr.shape}, which does not fit λ's "
+                             f"shape {problem.lam_shape}; give a scalar or an array of that "
+                             "shape") from None
+    lo, hi = out
     if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
         raise ValueError("bounds: need low <= high everywhere (no NaN)")
     return lo, hi
+
+
+# e^λ overflows float64 past this (feature_l2, l2)
+_MAX_EXP_LAM = 709.0
+
+
+def _check_outer_step(problem, lam, k, lr, outer):
+    """Refuse a λ that the outer update made unusable, naming what to change."""
+    if not np.all(np.isfinite(lam)):
+        hint = " or betas" if outer == "adam" else ""
+        raise ValueError(f"the {outer} update made lam non-finite at outer iteration {k}: "
+                         f"lower lr={lr:g}{hint}")
+    if problem.hyper in ("feature_l2", "l2") and np.max(lam) > _MAX_EXP_LAM:
+        raise ValueError(f"the {outer} update took lam to {np.max(lam):.4g} at outer iteration "
+                         f"{k}, where e^lam overflows: lower lr={lr:g} or give "
+                         "bounds=(low, high)")
 
 
 def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
@@ -130,6 +157,8 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     MinimizeResult
     """
     from .meta import META_METHODS, MultiTaskProblem
+    from .problem import BilevelProblem
+    _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
     multitask = isinstance(problem, MultiTaskProblem)
     _checks.check_choice("method", method, tuple(META_METHODS) if multitask
                          else METHODS + ("fsla",))
@@ -147,6 +176,10 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     if outer == "hoag":
         if method != "implicit":
             raise ValueError("outer='hoag' uses method='implicit'")
+        if hypergradient_kw.get("steps", 100) == 0:
+            raise ValueError("outer='hoag' solves the inner problem in chunks of steps inner "
+                             "steps until its tolerance holds: steps=0 never gets there; "
+                             "give steps >= 1")
         _checks.check_choice("tol_schedule", tol_schedule, TOL_SCHEDULES)
         tol0 = _checks.check_scalar("tol0", tol0, low=0.0, low_inclusive=False)
         max_inner_steps = _checks.check_scalar("max_inner_steps", max_inner_steps, low=1,
@@ -156,6 +189,11 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     beta = _checks.check_scalar("outer_momentum", outer_momentum, low=0.0)
     if beta >= 1:
         raise ValueError(f"outer_momentum={beta} must be < 1")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas={betas!r} must be a pair (beta1, beta2)")
+    for i, b in enumerate(betas):
+        if _checks.check_scalar(f"betas[{i}]", b, low=0.0) >= 1.0:
+            raise ValueError(f"betas[{i}]={b} must be in [0, 1) (Adam divides by 1 - beta^k)")
     for key in ("w0", "v0"):
         if key in hypergradient_kw and warm_start:
             raise ValueError(f"{key} is managed by minimize when warm_start=True")
@@ -228,6 +266,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
             z = np.clip(z, *bnd)
         if outer != "nesterov":
             z = lam
+        _check_outer_step(problem, z, k, lr, outer)
     return MinimizeResult(lam, hist, w, v, last)
 
 
@@ -289,5 +328,6 @@ def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_
         lam = base - step * gb
         if bnd is not None:
             lam = np.clip(lam, *bnd)
+        _check_outer_step(problem, lam, k, lr, "hoag")
     final = prev[0] if prev is not None else lam
     return MinimizeResult(final, hist, w, v, last)

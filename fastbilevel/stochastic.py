@@ -6,7 +6,9 @@ import numpy as np
 
 from . import _checks
 from ._parallel import fixed_nchunks
-from .hypergrad import HypergradientResult, check_batch, check_seed, resolve_step_size
+from .hypergrad import (HypergradientResult, check_batch, check_seed, check_step_size,
+                        resolve_step_size, smoothness)
+from .problem import BilevelProblem
 from .kernels.stochastic import stocbio_run
 
 HESSIAN_SCHEDULES = ("decay", "uniform")
@@ -49,7 +51,7 @@ def hessian_batch_sizes(B, Q, eta, mu, schedule="decay", n=None):
 def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
             batch_size=None, hessian_batch=None, hessian_schedule="decay",
             hessian_sizes=None, outer_batch=None, cross_batch=None, replace=False,
-            seed=0):
+            seed=0, check_step=True):
     """One stocBiO hypergradient estimate (thesis Alg. 4, lines 3-12; Alg. 5).
 
     D = ``steps`` minibatch SGD steps from ``w0`` (warm start; default 0)
@@ -75,6 +77,8 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
     replace : bool — draw batches with replacement (default without).
     seed : int in [0, 2^63) — fixes every batch (bit-identical on any
         thread count).
+    check_step : bool — refuse step_size or eta ≥ 2/L (L of the full
+        objective: a necessary condition) before running (default True).
 
     Returns
     -------
@@ -84,6 +88,7 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
     (training rows read), ``val_rows``, ``hessian_sizes``, ``passes``.
     """
     t0 = time.perf_counter()
+    _checks.check_problem(problem, (BilevelProblem,))
     if problem.hyper == "init":
         raise ValueError("method='stocbio' does not apply to hyper='init' (the implicit "
                          "hypergradient of a learned start is zero); use an ITD method")
@@ -94,9 +99,12 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
     seed = check_seed(seed)
     hp = problem._lam_in(lam)
     gamma = resolve_step_size(problem, lam, step_size, minibatch=True)
-    L = problem.lipschitz(lam, per_sample=True)
+    check_step_size(problem, lam, gamma, "sgd", 0.0, check_step)
+    L = smoothness(problem, lam, minibatch=True)
     eta = 1.0 / L if eta is None else _checks.check_scalar("eta", eta, low=0.0,
                                                            low_inclusive=False)
+    check_step_size(problem, lam, eta, "sgd", 0.0, check_step, name="eta",
+                    label="the Neumann series")
     mu = problem.strong_convexity(lam)
     if hessian_sizes is not None:
         if hessian_batch is not None:
@@ -173,6 +181,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     """
     from .minimize import History, MinimizeResult, _bounds
     from .kernels.stochastic import fsla_run
+    _checks.check_problem(problem, (BilevelProblem,))
     if problem.hyper == "init":
         raise ValueError("method='fsla' does not apply to hyper='init'; use an ITD method")
     iters = _checks.check_scalar("iters", iters, low=1, integer=True)
@@ -184,7 +193,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     bnd = _bounds(problem, bounds)
     if bnd is not None:
         lam = np.clip(lam, *bnd)
-    L0 = problem.lipschitz(lam, per_sample=True)
+    L0 = smoothness(problem, lam, minibatch=True)
     vals = {"delta": delta}
     for k, v, default in (("c_tau", c_tau, 1.0 / (L0 * delta)),
                           ("c_beta", c_beta, 1.0 / (L0 * delta)), ("c_eta", c_eta, 1.0 / delta)):

@@ -132,8 +132,10 @@ def test_multitask_bad_input():
     with pytest.raises(ValueError, match="method="):
         fb.hypergradient(prob, np.zeros(3), "implicit")
     lin = fb.datasets.few_shot(n_tasks=3, shots=4, test_shots=5, d=3, model="linear").problem()
-    with pytest.raises(ValueError, match="diverged: step_size=1000 must be < 2/L"):
+    with pytest.raises(ValueError, match="step_size=1000 makes the tasks' inner GD diverge"):
         fb.hypergradient(lin, np.full(3, 5.0), steps=400, step_size=1e3)
+    with pytest.raises(ValueError, match="diverged: step_size=1000 must be < 2/L"):
+        fb.hypergradient(lin, np.full(3, 5.0), steps=400, step_size=1e3, check_step=False)
 
 
 _SCRIPT = r"""

@@ -122,12 +122,15 @@ def info():
     import scipy
 
     import fastbilevel
-    from numba.core.config import CACHE_DIR
-    click.echo(f"fastbilevel {fastbilevel.__version__}")
+    from .._cache import resolved_cache_dir
+    click.echo(f"fastbilevel {fastbilevel.__version__} ({fastbilevel.__file__})")
     click.echo(f"python {platform.python_version()}, numpy {np.__version__}, "
                f"scipy {scipy.__version__}, numba {numba.__version__}")
-    click.echo(f"threads {numba.get_num_threads()} ({numba.threading_layer() if _has_layer() else 'not started'})")
-    click.echo(f"numba cache dir: {CACHE_DIR or '__pycache__ beside the modules'}")
+    layer = numba.threading_layer() if _has_layer() else "not started"
+    click.echo(f"threads {numba.get_num_threads()} (threading layer {layer}; "
+               f"requested {numba.config.THREADING_LAYER!r})")
+    click.echo(f"kernel cache: {resolved_cache_dir()} (keyed by the package's sources; "
+               "root from NUMBA_CACHE_DIR if set)")
 
 
 def _has_layer():

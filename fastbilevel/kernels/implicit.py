@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .control import STOPPED, report_progress, stop_requested
 from .oracles import _pass, reg_hvp_add
 
 CG = 0
@@ -30,15 +31,16 @@ def _norm(A):
     return math.sqrt(np.sum(A * A))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
-                   solver, K, tol, eta, alpha, beta, nchunks):
+                   solver, K, tol, eta, alpha, beta, nchunks, ctrl=None):
     """Solve H(W) v = b from v0 with at most K solver steps (K + 1 passes).
 
     Returns (v, residual ‖b − Hv‖, steps, status): status CONVERGED when
     ‖b − Hv‖ ≤ tol·‖b‖, MAX_STEPS when K steps ran first, DIVERGED when the
     residual became non-finite or grew past 1e6 times its first value (or CG
-    met a direction of non-positive curvature)."""
+    met a direction of non-positive curvature), or ``STOPPED`` when the
+    host set ``ctrl[0]`` (``kernels.control``)."""
     c, d = W.shape
     v = v0.copy()
     vprev = v0.copy()
@@ -51,6 +53,9 @@ def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
     rr = 0.0
     it = 0
     while True:
+        if stop_requested(ctrl):
+            return v, math.nan, it, STOPPED
+        report_progress(ctrl, it)
         x = p if (solver == CG and it > 0) else v
         _pass(X, indptr, indices, data, y, a, model, W, x, False, True, Hx, Hx,
               no_cross, nchunks)

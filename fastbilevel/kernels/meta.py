@@ -7,9 +7,13 @@ run in parallel, one task per iteration of the parallel loop, each with its
 own buffers; the per-task results are averaged in meta-batch order, so the
 result does not depend on the thread count.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
+from .. import config
+from .control import stop_requested
 from .dense import rows_dense
 from .sampling import STREAM_COIN, STREAM_TASKS, coin, draw_rows
 
@@ -17,6 +21,8 @@ REVERSE = 0          # UFO-BLO Alg. 4: store φ_0..φ_{r−1}
 RECOMPUTE = 1        # UFO-BLO Alg. 5: O(1) memory, O(r²) steps
 FIRST_ORDER = 2      # FO-BLO, Alg. 2: ∇L_out(φ_r)
 UFO = 3              # UFO-BLO, Alg. 3: FO + (ξ/q)(exact − FO), ξ ~ Bernoulli(q)
+
+_GROWTH_GD = config.DIVERGENCE_GROWTH_GD
 
 
 @njit(cache=True)
@@ -39,18 +45,29 @@ def task_hvp(X, y, model, reg, W, V, HV):
 
 
 @njit(cache=True)
-def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, fire, q, out):
+def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, fire, q, out,
+                  ctrl):
     """One task's meta-gradient estimate into ``out``; returns (test loss at
-    φ_r, train steps run). ``fire``: the UFO coin (exact correction taken)."""
+    φ_r, train steps run). ``fire``: the UFO coin (exact correction taken).
+    When the inner GD diverges (its train loss is not finite or rises above
+    its start: GD with a stable step never raises it) or the host asks to
+    stop (``ctrl``), returns NaN at once."""
     c, d = theta.shape
     phi = theta.copy()
     G = np.empty((c, d))
     HV = np.empty((c, d))
     buf = np.empty((r if method == REVERSE else 0, c, d))
+    g0 = 0.0
     for j in range(r):
+        if stop_requested(ctrl):
+            return math.nan, j
         if method == REVERSE:
             buf[j] = phi
-        task_grad(Xtr, ytr, model, reg, phi, G)
+        v = task_grad(Xtr, ytr, model, reg, phi, G)
+        if j == 0:
+            g0 = v
+        if not math.isfinite(v) or v - g0 > _GROWTH_GD * abs(g0):
+            return math.nan, j
         phi -= alpha * G
     steps = r
     fo = np.empty((c, d))
@@ -63,8 +80,12 @@ def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, fire,
         if method == REVERSE:
             p = buf[j]
         else:                        # recompute φ_j from θ
+            if stop_requested(ctrl):
+                return math.nan, steps
             phi[:] = theta
             for _ in range(j):
+                if stop_requested(ctrl):
+                    return math.nan, steps
                 task_grad(Xtr, ytr, model, reg, phi, G)
                 phi -= alpha * G
             steps += j
@@ -78,16 +99,17 @@ def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, fire,
     return val, steps
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def meta_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, q,
-                  meta_batch, seed, grad):
+                  meta_batch, seed, grad, ctrl):
     """Mean over a meta-batch of the per-task estimates, into ``grad`` (c, d).
 
     The meta-batch is ``meta_batch`` tasks drawn without replacement for
     (seed, STREAM_TASKS), or all tasks in order if meta_batch equals their
     number; UFO's coin for the k-th task of the batch is drawn for
     (seed, STREAM_COIN, k). Returns (mean test loss, tasks, fired coins,
-    train steps run in all)."""
+    train steps run in all); the mean is NaN when a task's inner loop
+    diverged or the host set ``ctrl[0]`` (``kernels.control``)."""
     N = ytr.shape[0]
     c, d = theta.shape
     if meta_batch == N:
@@ -105,7 +127,7 @@ def meta_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, q,
     for k in prange(meta_batch):
         i = tasks[k]
         vals[k], steps[k] = task_gradient(Xtr[i], ytr[i], Xte[i], yte[i], model, reg, theta,
-                                          r, alpha, method, fired[k], q, outs[k])
+                                          r, alpha, method, fired[k], q, outs[k], ctrl)
     grad[:] = 0.0
     for k in range(meta_batch):
         grad += outs[k]

@@ -13,7 +13,7 @@ from .oracles import (_cross_add_rows, _pass_rows, cross_add, reg_grad_add, reg_
                       reg_value)
 from .sampling import STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER, draw_rows
 
-_GROWTH = config.DIVERGENCE_GROWTH
+_GROWTH = config.DIVERGENCE_GROWTH_MINIBATCH
 _FM = set(config.FASTMATH)
 
 

@@ -38,6 +38,7 @@ from numba.extending import overload
 
 from .. import config
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
+from .control import STOPPED, report_progress, stop_requested
 from .csr import _axpy_csr, _dots_csr
 from .dense import _axpy_dense, _dots_dense
 from .oracles import (_cross_add_rows, _pass, _pass_rows, reg_grad_add, reg_hvp_add,
@@ -58,6 +59,32 @@ REV_BUF = 6
 FINISH = 7
 
 _GROWTH = config.DIVERGENCE_GROWTH
+_GROWTH_GD = config.DIVERGENCE_GROWTH_GD
+_GROWTH_MB = config.DIVERGENCE_GROWTH_MINIBATCH
+
+
+def _diverged(sampler, solver, v, g0):
+    """Whether g_t = v shows divergence, g0 = g(w_0) (see ``config``)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_diverged, inline="always")
+def _ol_diverged(sampler, solver, v, g0):
+    if isinstance(sampler, types.NoneType):
+        # full batch: gd with a stable step never raises g, agd at most doubles it
+        def full_impl(sampler, solver, v, g0):
+            lim = _GROWTH_GD if solver == GD else _GROWTH
+            return not math.isfinite(v) or v - g0 > lim * abs(g0)
+        return full_impl
+    # minibatch: g_t is the loss of step t's batch, which varies by itself
+    return lambda sampler, solver, v, g0: (not math.isfinite(v)
+                                           or v - g0 > _GROWTH_MB * (abs(g0) + 1.0))
+
+
+@njit(cache=True)
+def value_stride(T, nvals):
+    """Every how many steps g_t is recorded into an array of ``nvals`` values."""
+    return max(1, (T + nvals - 1) // max(nvals, 1))
 
 
 @njit(cache=True)
@@ -165,16 +192,20 @@ def _ol_rows_at(sampler, n, t, perm, out):
     return impl
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                  prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
-                 actions, nslots, buf_len, gvals, h, nchunks, sampler):
+                 actions, nslots, buf_len, gvals, h, nchunks, sampler, ctrl=None):
     """Run an action list (see the module docstring) and return
-    (w_T, f(w_T), status, counts) where status = −1, or the step at which the
-    inner loop diverged (the run stops there), and counts = [gradient passes,
-    HVP passes, validation passes, snapshot slots used]. h (length dim λ)
-    is accumulated into: pass zeros for the hypergradient. ``sampler`` is
-    None (full-batch steps) or int64 [batch, replace, seed] (minibatch SGD).
+    (w_T, f(w_T), status, counts) where status = −1; or the step at which the
+    inner loop diverged (the run stops there, and the second value is g at
+    that step); or ``STOPPED`` when the host set ``ctrl[0]``
+    (``kernels.control``). counts = [gradient passes, HVP passes, validation
+    passes, snapshot slots used]. h (length dim λ) is accumulated into: pass
+    zeros for the hypergradient. ``gvals`` receives g_t at the gradient
+    points: every step if it has T entries, else every
+    ``value_stride(T, len(gvals))``-th. ``sampler`` is None (full-batch
+    steps) or int64 [batch, replace, seed] (minibatch SGD).
 
     Every pass over the training data goes through one call site (and the
     validation pass through another): each inlined pass is a parallel loop
@@ -200,7 +231,8 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     counts = np.zeros(4, dtype=np.int64)
     used = np.zeros(nslots, dtype=np.bool_)
     g0 = 0.0
-    have_g0 = False
+    tlast = -1                  # last step whose g was recorded and checked
+    stride = value_stride(T, gvals.shape[0])
     perm, rbuf = _scratch(sampler, y.shape[0])
     for q in range(actions.shape[0]):
         op = actions[q, 0]
@@ -227,6 +259,9 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
             Sn[:] = S
         nrep = 1 if op == REV_STATE else arg  # INIT_ADJ: one step past S (arg 1) or none
         for _ in range(nrep):
+            if stop_requested(ctrl):
+                return WT, fval, STOPPED, counts
+            report_progress(ctrl, counts[0] + counts[1])
             # the point and direction of this pass
             if rev:
                 p = point(solver, S) if op == REV_STATE else buf[tr - base]
@@ -254,12 +289,14 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                 continue
             counts[0] += 1
             v += reg_value(rdiag, prior, p)
-            gvals[t] = v
-            if not have_g0:
-                g0 = v
-                have_g0 = True
-            if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
-                return WT, fval, t, counts
+            if t > tlast:       # first visit of step t (a recomputation repeats it)
+                tlast = t
+                if t % stride == 0:
+                    gvals[t // stride] = v
+                if t == 0:
+                    g0 = v
+                if _diverged(sampler, solver, v, g0):
+                    return WT, v, t, counts
             reg_grad_add(rdiag, prior, p, G)
             if op == INIT_ADJ:
                 solver_step(solver, gamma, beta, Sn, G)
@@ -333,10 +370,10 @@ def _ol_batch_weight(rows, j, inv_n):
     return impl
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                  prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
-                 gvals, h, nchunks, sampler):
+                 gvals, h, nchunks, sampler, ctrl=None):
     """Forward-mode hypergradient (Shaban eq. 7): the tangents Z_t = dS_t/dλ_j,
     one per hyperparameter, follow the solver's own (linear) step with the
     gradient replaced by its directional derivative H(p_t)Ż + ∂_{λ_j}∇_w g(p_t);
@@ -344,7 +381,8 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     gradient's pass (one training-pass call site, as in run_schedule).
     ``sampler`` as in run_schedule (minibatch SGD: step t's batch for all
     tangents).
-    Returns (w_T, f(w_T), status, counts) like run_schedule."""
+    Returns (w_T, f(w_T), status, counts) like run_schedule (``gvals``
+    and ``ctrl`` too)."""
     c, d = W0.shape
     m = h.shape[0]
     S = init_state(solver, W0)
@@ -355,8 +393,12 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     counts = np.zeros(4, dtype=np.int64)
     inv_n = 1.0 / y.shape[0]
     g0 = 0.0
+    stride = value_stride(T, gvals.shape[0])
     perm, rbuf = _scratch(sampler, y.shape[0])
     for t in range(T):
+        if stop_requested(ctrl):
+            return S[0].copy(), np.nan, STOPPED, counts
+        report_progress(ctrl, t)
         p = point(solver, S)
         v = 0.0
         rows = _rows_at(sampler, y.shape[0], t, perm, rbuf)
@@ -385,11 +427,12 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
             solver_step(solver, gamma, beta, Z[j], HV)
         counts[0] += 1
         v += reg_value(rdiag, prior, p)
-        gvals[t] = v
+        if t % stride == 0:
+            gvals[t // stride] = v
         if t == 0:
             g0 = v
-        if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
-            return S[0].copy(), np.nan, t, counts
+        if _diverged(sampler, solver, v, g0):
+            return S[0].copy(), v, t, counts
         reg_grad_add(rdiag, prior, p, G)
         solver_step(solver, gamma, beta, S, G)
     WT = S[0].copy()

@@ -1,0 +1,133 @@
+"""Where compiled kernels are cached: a directory keyed by the package's sources.
+
+Numba's own cache sits in ``__pycache__`` beside each module and is keyed on
+the file of the entry point alone. fastbilevel's entry points inline code from
+other modules (the per-row math, the row kernels, the fused pass), so after an
+edit of one of those, or an upgrade of an editable install, Numba could load a
+stale kernel; and a cache written inside an installed package survives
+``pip uninstall`` (the files are not in its record), which leaves an empty
+``fastbilevel`` folder that shadows a later editable install.
+
+So every function of this package compiled with ``cache=True`` is cached in
+
+    <root>/<version>-<hash of all the package's .py files and numba's version>/
+
+with ``<root>`` = ``$NUMBA_CACHE_DIR/fastbilevel`` when that variable is set,
+else the user's cache folder (``$XDG_CACHE_HOME/fastbilevel`` or
+``~/.cache/fastbilevel``; ``%LOCALAPPDATA%\\fastbilevel`` on Windows,
+``~/Library/Caches/fastbilevel`` on macOS), and a temporary folder if that
+cannot be written. Any change of any source file gives a new folder: a stale
+kernel cannot be loaded, and nothing is ever written inside the package.
+
+This module must be imported before any module that defines a cached kernel
+(``fastbilevel/__init__.py`` does it first).
+"""
+import hashlib
+import os
+import sys
+import tempfile
+
+import numba
+from numba.core import caching, config as numba_config
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _source_hash():
+    """sha256 of every .py file of the package (path and bytes) and numba's version."""
+    h = hashlib.sha256(numba.__version__.encode())
+    for dirpath, dirnames, filenames in os.walk(PACKAGE_DIR):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                h.update(os.path.relpath(path, PACKAGE_DIR).replace(os.sep, "/").encode())
+                with open(path, "rb") as fh:
+                    h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+SOURCE_HASH = _source_hash()
+
+
+def _user_cache_root():
+    if numba_config.CACHE_DIR:
+        return os.path.join(numba_config.CACHE_DIR, "fastbilevel")
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "fastbilevel")
+
+
+def _version():
+    from . import __version__   # noqa: F401 (set before this module is imported)
+    return __version__
+
+
+def cache_dir(root=None):
+    """The folder this version of the package caches its kernels in."""
+    return os.path.join(root or _user_cache_root(), f"{_version()}-{SOURCE_HASH[:16]}")
+
+
+def _writable(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+_RESOLVED = []
+
+
+def resolved_cache_dir():
+    """:func:`cache_dir`, or a per-user temporary folder if that is not writable."""
+    if not _RESOLVED:
+        path = cache_dir()
+        if not _writable(path):
+            user = os.environ.get("USER") or os.environ.get("USERNAME") or "user"
+            path = cache_dir(os.path.join(tempfile.gettempdir(), f"fastbilevel-{user}"))
+        _RESOLVED.append(path)
+    return _RESOLVED[0]
+
+
+class KernelCacheLocator(caching._CacheLocator):
+    """Numba cache locator for this package's functions (see the module docstring)."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        sub = os.path.dirname(os.path.relpath(py_file, PACKAGE_DIR))
+        self._cache_path = os.path.join(resolved_cache_dir(), sub or "_top")
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    def get_source_stamp(self):
+        return SOURCE_HASH
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        path = os.path.abspath(py_file)
+        if os.path.commonpath([path, PACKAGE_DIR]) != PACKAGE_DIR:
+            return None
+        self = cls(py_func, path)
+        try:
+            self.ensure_cache_path()
+        except OSError:
+            return None
+        return self
+
+
+def install():
+    """Put :class:`KernelCacheLocator` first in Numba's list of locators."""
+    classes = caching.CacheImpl._locator_classes
+    if KernelCacheLocator not in classes:
+        classes.insert(0, KernelCacheLocator)

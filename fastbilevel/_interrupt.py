@@ -1,0 +1,49 @@
+"""Run a long compiled kernel so that Ctrl-C stops it.
+
+A compiled loop never returns to the interpreter, so Python cannot deliver a
+KeyboardInterrupt while it runs. The long kernels are compiled with
+``nogil=True`` and take a ``ctrl`` array (``kernels.control``): here the
+kernel runs in a helper thread while the main thread waits; on Ctrl-C the
+main thread sets ``ctrl[0]``, the kernel returns at its next step (one pass
+over the data), and the KeyboardInterrupt is raised in the caller. A second
+Ctrl-C while waiting for that step gives up on the kernel at once (its
+thread ends by itself at the next step). Off the main thread, which never
+receives Ctrl-C, the kernel runs directly.
+"""
+import threading
+
+import numpy as np
+
+from .kernels.control import STOPPED
+
+__all__ = ["run_kernel", "STOPPED"]
+
+_POLL_S = 0.05
+
+
+def run_kernel(kernel, *args):
+    """``kernel(*args, ctrl)``, stoppable by Ctrl-C (KeyboardInterrupt)."""
+    ctrl = np.zeros(2, dtype=np.int64)
+    if threading.current_thread() is not threading.main_thread():
+        return kernel(*args, ctrl)
+    out = []
+
+    def target():
+        try:
+            out.append((True, kernel(*args, ctrl)))
+        except BaseException as e:          # re-raised in the caller's thread
+            out.append((False, e))
+
+    worker = threading.Thread(target=target, name="fastbilevel-kernel", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(_POLL_S)
+    except KeyboardInterrupt:
+        ctrl[0] = 1
+        worker.join()                        # one step; a second Ctrl-C leaves it
+        raise
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
