@@ -1,5 +1,5 @@
 """fastbilevel: hypergradients of bilevel problems with fused Numba kernels."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import _cache  # noqa: E402  (before any module that defines a cached kernel)
 

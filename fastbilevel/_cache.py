@@ -30,6 +30,8 @@ import tempfile
 import numba
 from numba.core import caching, config as numba_config
 
+from ._version import __version__
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -62,14 +64,9 @@ def _user_cache_root():
     return os.path.join(base, "fastbilevel")
 
 
-def _version():
-    from . import __version__   # noqa: F401 (set before this module is imported)
-    return __version__
-
-
 def cache_dir(root=None):
     """The folder this version of the package caches its kernels in."""
-    return os.path.join(root or _user_cache_root(), f"{_version()}-{SOURCE_HASH[:16]}")
+    return os.path.join(root or _user_cache_root(), f"{__version__}-{SOURCE_HASH[:16]}")
 
 
 def _writable(path):

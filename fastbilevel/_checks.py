@@ -1,8 +1,11 @@
 """Every input check in one place. Errors name the argument and the problem."""
+import math
 import numbers
 
 import numpy as np
 import scipy.sparse as sp
+
+from . import config
 
 _FLOATS = (np.float32, np.float64)
 
@@ -226,3 +229,161 @@ def check_n_classes(model, n_classes, y, *other_labels):
     if n_classes not in (None, 1):
         raise ValueError(f"n_classes={n_classes!r} only applies to model='multinomial'")
     return 1
+
+
+# ----------------------------------------------- solver settings, resolved per problem
+def resolve_step_size(problem, lam, step_size, minibatch=False):
+    """The user's step size, checked, or 1/L from ``problem.lipschitz``
+    (for minibatch steps the per-sample bound ``problem.lipschitz(lam,
+    per_sample=True)``, which every batch's loss obeys)."""
+    if step_size is None:
+        return 1.0 / smoothness(problem, lam, minibatch)
+    return check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
+
+
+def smoothness(problem, lam, minibatch=False):
+    """``problem.lipschitz(lam)``, refused with a named error when the data
+    give no curvature to step by (L = 0) or overflow (L not finite)."""
+    L = problem.lipschitz(lam, per_sample=minibatch)
+    if not np.isfinite(L):
+        raise ValueError("the smoothness estimate of g overflows: the entries of X are too "
+                         "large for float64 arithmetic; scale the features (e.g. to unit "
+                         "variance)")
+    if L <= 0.0:
+        raise ValueError("the inner problem has no curvature at this lam (X is zero or every "
+                         "sample weight is 0, and reg = 0): it has no unique minimizer and no "
+                         "step size can be derived; use reg > 0, another lam, or nonzero data")
+    return L
+
+
+def stability_bound(solver, L, beta):
+    """The largest stable step size on a quadratic of curvature L: 2/L for
+    gd and sgd; 2(1+β)/L for heavy_ball; 2(1+β)/((1+2β)L) for agd (from the
+    roots of each iteration's characteristic polynomial)."""
+    if solver == "heavy_ball":
+        return 2.0 * (1.0 + beta) / L
+    if solver == "agd":
+        return 2.0 * (1.0 + beta) / ((1.0 + 2.0 * beta) * L)
+    return 2.0 / L
+
+
+def check_step_size(problem, lam, gamma, solver, beta, check_step, name="step_size",
+                    label=None):
+    """Refuse a step size at or above the solver's stability bound
+    (:func:`stability_bound`) for the estimated smoothness L of the full
+    objective, unless ``check_step`` is False. For minibatch steps this is
+    a necessary condition (on a quadratic the mean of the SGD iterates
+    follows gd on the full objective), not the per-sample bound that the
+    default step size uses."""
+    if not isinstance(check_step, (bool, np.bool_)):
+        raise TypeError(f"check_step={check_step!r} must be a bool")
+    if not check_step:
+        return
+    L = smoothness(problem, lam)
+    bound = stability_bound(solver, L, beta)
+    if gamma >= bound:
+        raise ValueError(
+            f"{name}={gamma:.4g} makes {label or f'solver={solver!r}'} diverge: the "
+            f"smoothness of g is about "
+            f"L={L:.4g}, so {name} must be < {bound:.4g}"
+            + ("" if solver in ("gd", "sgd") else f" (momentum={beta:.4g})")
+            + f"; the default {name}=None uses 1/L. Pass check_step=False to run it anyway "
+            "(L is an estimate)")
+
+
+def resolve_momentum(problem, lam, solver, momentum):
+    """β for heavy_ball and agd: the user's, or from κ = L/μ with μ the
+    regularizer's strong convexity: (√κ−1)/(√κ+1) for agd (AccBiO),
+    ((√κ−1)/(√κ+1))² for heavy_ball (Polyak)."""
+    if solver in ("gd", "sgd"):
+        if momentum is not None:
+            raise ValueError(f"momentum applies to solver='heavy_ball' or 'agd', not {solver!r}")
+        return 0.0
+    if momentum is not None:
+        beta = check_scalar("momentum", momentum, low=0.0)
+        if beta >= 1.0:
+            raise ValueError(f"momentum={beta} must be < 1")
+        return beta
+    mu = problem.strong_convexity(lam)
+    if mu <= 0.0:
+        raise ValueError(f"solver={solver!r} needs momentum=... here: the inner problem "
+                         "has no strong-convexity floor (reg = 0) to derive it from")
+    q = math.sqrt(smoothness(problem, lam) / mu)
+    beta = (q - 1.0) / (q + 1.0)
+    return beta if solver == "agd" else beta * beta
+
+
+def check_seed(seed):
+    """A seed: an integer in [0, 2^63)."""
+    seed = check_scalar("seed", seed, low=0, integer=True)
+    if seed >= 2**63:
+        raise ValueError(f"seed={seed} must be < 2**63")
+    return seed
+
+
+def check_batch(name, b, n, replace):
+    """A batch size in [1, n] (any size ≥ 1 when drawing with replacement)."""
+    b = check_scalar(name, b, low=1, integer=True)
+    if b > n and not replace:
+        raise ValueError(f"{name}={b} exceeds the {n} rows it is drawn from "
+                         "(without replacement)")
+    return b
+
+
+def resolve_sampler(problem, solver, batch_size, replace, seed):
+    """The kernel sampler int64 [batch, replace, seed] for ``sgd``, else None."""
+    if solver != "sgd":
+        if batch_size is not None:
+            raise ValueError(f"batch_size applies to solver='sgd', not {solver!r}")
+        return None
+    b = min(problem.n, 128) if batch_size is None else \
+        check_batch("batch_size", batch_size, problem.n, replace)
+    if not isinstance(replace, (bool, np.bool_)):
+        raise TypeError(f"replace={replace!r} must be a bool")
+    return np.array([b, int(replace), check_seed(seed)], dtype=np.int64)
+
+
+def check_finite_result(label, value, *arrays):
+    """Never return a non-finite result: say what to change instead."""
+    if np.isfinite(value) and all(np.all(np.isfinite(a)) for a in arrays):
+        return
+    raise ValueError(f"method={label!r} gave a non-finite result (outer value {value:.4g}): "
+                     "lam, w0 or the data are too large for float64 arithmetic at this "
+                     "point; scale the data or start from a smaller lam/w0")
+
+
+def fmt_bytes(n):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def check_bytes(nbytes, what):
+    if nbytes > config.MAX_TRAJECTORY_BYTES:
+        raise ValueError(f"{what} {fmt_bytes(nbytes)}, above config.MAX_TRAJECTORY_BYTES="
+                         f"{fmt_bytes(config.MAX_TRAJECTORY_BYTES)}")
+
+
+def check_bounds(problem, bounds):
+    """None, or (low, high) broadcast to λ's shape, checked."""
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError("bounds must be a pair (low, high) of scalars or arrays of λ's shape")
+    out = []
+    for name, b in zip(("low", "high"), bounds):
+        try:
+            arr = np.asarray(b, dtype=float)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"bounds: {name}={b!r} is not a number or an array of numbers") from e
+        try:
+            out.append(np.broadcast_to(arr, problem.lam_shape))
+        except ValueError:
+            raise ValueError(f"bounds: {name} has shape {arr.shape}, which does not fit λ's "
+                             f"shape {problem.lam_shape}; give a scalar or an array of that "
+                             "shape") from None
+    lo, hi = out
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
+        raise ValueError("bounds: need low <= high everywhere (no NaN)")
+    return lo, hi

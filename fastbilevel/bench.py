@@ -12,12 +12,46 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from . import config
+from . import config, datasets
+from ._checks import resolve_step_size
 from ._parallel import nchunks
-from .hypergrad import hypergradient, resolve_step_size, solve
+from .hypergrad import hypergradient, solve
 from .reference import numpy_fsla, numpy_reverse, numpy_stocbio
+from .stochastic import fsla, hessian_batch_sizes, stocbio
 
 _FM = set(config.FASTMATH)
+
+
+# the built-in problems of ``fastbilevel bench``, the methods it times, and
+# (full size, --quick size, default T) of each problem
+PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
+METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
+           "implicit_neumann", "implicit_hb", "solve", "numpy", "stocbio", "numpy_stocbio",
+           "fsla", "numpy_fsla")
+SIZES = {
+    "hypercleaning": (dict(n=20000, m=5000, d=784, c=10), dict(n=5000, m=1000, d=784, c=10), 100),
+    "text": (dict(n=11314, m=7532, d=101631), dict(n=2000, m=1000, d=20000), 100),
+    "ridge": (dict(n=20000, m=5000, d=500), dict(n=2000, m=500, d=200), 100),
+    "toy": ({}, {}, 100),
+}
+
+
+def bench_dataset(name, quick, seed, dtype):
+    """The built-in dataset ``name`` at its bench size (``SIZES``)."""
+    full, small, _ = SIZES[name]
+    kw = dict(small if quick else full)
+    if name == "hypercleaning":
+        return datasets.hypercleaning(seed=seed, dtype=dtype, **kw)
+    if name == "text":
+        return datasets.text(seed=seed, dtype=dtype, **kw)
+    if name == "ridge":
+        return datasets.ridge(seed=seed, dtype=dtype, **kw)
+    return datasets.shaban_toy()
+
+
+def default_lam(prob):
+    """λ the bench times at: 0, or −2 per feature for ``feature_l2``."""
+    return np.zeros(prob.lam_shape) if prob.hyper != "feature_l2" else np.full(prob.d, -2.0)
 
 
 @njit(cache=True, fastmath=_FM)
@@ -105,7 +139,6 @@ def _stochastic_call(problem, lam, method, steps):
     Hessian batches with the largest 1000) or ``steps`` FSLA iterations, fused
     or in NumPy/SciPy on the same batches; the stats count rows read as
     fractions of a pass."""
-    from .stochastic import fsla, hessian_batch_sizes, stocbio
     n, m = problem.n, problem.m
     S, Q = min(n, STOCHASTIC_BATCH), STOCHASTIC_Q
     eta = 1.0 / problem.lipschitz(lam, per_sample=True)
@@ -238,11 +271,10 @@ def _rss_child(spec):
     import gc
     import resource
 
-    from .cli.main import _dataset, _default_lam
-    ds = _dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
+    ds = bench_dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
     prob = ds.problem(hyper=spec["hyper"], dtype=spec["dtype"])
     del ds
-    lam = _default_lam(prob)
+    lam = default_lam(prob)
     gamma = resolve_step_size(prob, lam, None)
     run = method_call(prob, lam, spec["method"], spec["steps"], gamma, **spec["opts"])
     gc.collect()

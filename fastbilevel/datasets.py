@@ -7,6 +7,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._checks import check_dtype, check_scalar
+from .meta import MultiTaskProblem
+from .problem import BilevelProblem
 
 
 class Dataset:
@@ -25,7 +27,6 @@ class Dataset:
 
     def problem(self, hyper=None, reg=None, dtype=None):
         """The BilevelProblem for this data (``hyper``/``reg`` override)."""
-        from .problem import BilevelProblem
         hyper = self.hyper if hyper is None else hyper
         if reg is None and hyper == self.hyper:
             reg = self.reg
@@ -217,7 +218,6 @@ class TaskDataset:
 
     def problem(self, reg=None, dtype=None):
         """The :class:`~fastbilevel.MultiTaskProblem` for these tasks."""
-        from .meta import MultiTaskProblem
         kw = {"n_classes": self.info["n_classes"]} if self.model == "multinomial" else {}
         return MultiTaskProblem(self.model, self.X, self.y, self.X_test, self.y_test,
                                 reg=self.reg if reg is None else reg, dtype=dtype, **kw)

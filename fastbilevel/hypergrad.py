@@ -5,166 +5,36 @@ import time
 import numpy as np
 
 from . import _checks, config, schedules
+from ._checks import (check_bytes, check_finite_result, check_step_size, resolve_momentum,
+                      resolve_sampler, resolve_step_size, smoothness)
 from ._interrupt import run_kernel
-from .problem import BilevelProblem
-from .kernels import oracle_pass
-from .kernels.implicit import CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, implicit_solve
-from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule, value_stride
 from ._parallel import fixed_nchunks, nchunks
+from ._results import HypergradientResult
+from .kernels import oracle_pass
+from .kernels.implicit import (CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, NO_CURVATURE,
+                               implicit_solve)
+from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule, value_stride
+from ._params import SOLVER as SOLVER_PARAMS
+from ._params import check_hypergradient_kw, refuse_unused
+from .meta import MultiTaskProblem, meta_hypergradient
+from .problem import BilevelProblem
+from .stochastic import stocbio
 
 METHODS = ("reverse", "truncated", "checkpointed", "recompute", "forward", "implicit",
            "stocbio")
 LINEAR_SOLVERS = {"cg": CG, "neumann": NEUMANN, "heavy_ball": HEAVY_BALL_LS}
 SOLVERS = {"gd": GD, "heavy_ball": HEAVY_BALL, "agd": AGD, "sgd": GD}
+
+
+def state_vectors(solver):
+    """Vectors in a solver state: 1 for gd and sgd (w_t), 2 for heavy_ball
+    (w_t, w_{t−1}) and agd (y_t, s_t)."""
+    return 1 if solver in ("gd", "sgd") else 2
 SCHEDULES = ("revolve", "uniform")
-
-
-class HypergradientResult:
-    """What :func:`hypergradient` returns.
-
-    Attributes
-    ----------
-    grad : ndarray, shape of λ — the hypergradient (an estimate of it for
-        ``truncated``).
-    value : float — outer value f(w_T).
-    w : ndarray, shape of w — the inner solver's output w_T.
-    stats : dict — ``time_s`` (wall time); ``passes`` (passes over the
-        training X: ``gradient_passes`` + ``hvp_passes``); ``val_passes``;
-        ``trajectory_bytes`` (peak bytes held for stored iterates, snapshots
-        or tangents); ``snapshots``; ``recomputed_steps`` (solver steps run
-        beyond the first T); ``inner_values`` (g at the gradient points,
-        t = 0..T−1); ``step_size``, ``momentum``, ``steps``, ``method``,
-        ``solver`` and, for checkpointing, ``schedule``.
-    """
-
-    __slots__ = ("grad", "value", "w", "stats")
-
-    def __init__(self, grad, value, w, stats):
-        self.grad, self.value, self.w, self.stats = grad, value, w, stats
-
-    def __repr__(self):
-        g = "None" if self.grad is None else f"{np.linalg.norm(self.grad):.6g}"
-        return (f"HypergradientResult(value={self.value:.6g}, |grad|={g}, "
-                f"time_s={self.stats['time_s']:.4g}, passes={self.stats['passes']})")
-
-
-def resolve_step_size(problem, lam, step_size, minibatch=False):
-    """The user's step size, checked, or 1/L from ``problem.lipschitz``
-    (for minibatch steps the per-sample bound ``problem.lipschitz(lam,
-    per_sample=True)``, which every batch's loss obeys)."""
-    if step_size is None:
-        return 1.0 / smoothness(problem, lam, minibatch)
-    return _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
-
-
-def resolve_momentum(problem, lam, solver, momentum):
-    """β for heavy_ball and agd: the user's, or from κ = L/μ with μ the
-    regularizer's strong convexity: (√κ−1)/(√κ+1) for agd (AccBiO),
-    ((√κ−1)/(√κ+1))² for heavy_ball (Polyak)."""
-    if solver in ("gd", "sgd"):
-        if momentum is not None:
-            raise ValueError(f"momentum applies to solver='heavy_ball' or 'agd', not {solver!r}")
-        return 0.0
-    if momentum is not None:
-        beta = _checks.check_scalar("momentum", momentum, low=0.0)
-        if beta >= 1.0:
-            raise ValueError(f"momentum={beta} must be < 1")
-        return beta
-    mu = problem.strong_convexity(lam)
-    if mu <= 0.0:
-        raise ValueError(f"solver={solver!r} needs momentum=... here: the inner problem "
-                         "has no strong-convexity floor (reg = 0) to derive it from")
-    q = math.sqrt(smoothness(problem, lam) / mu)
-    beta = (q - 1.0) / (q + 1.0)
-    return beta if solver == "agd" else beta * beta
-
-
-def stability_bound(solver, L, beta):
-    """The largest stable step size on a quadratic of curvature L: 2/L for
-    gd and sgd; 2(1+β)/L for heavy_ball; 2(1+β)/((1+2β)L) for agd (from the
-    roots of each iteration's characteristic polynomial)."""
-    if solver == "heavy_ball":
-        return 2.0 * (1.0 + beta) / L
-    if solver == "agd":
-        return 2.0 * (1.0 + beta) / ((1.0 + 2.0 * beta) * L)
-    return 2.0 / L
-
-
-def smoothness(problem, lam, minibatch=False):
-    """``problem.lipschitz(lam)``, refused with a named error when the data
-    give no curvature to step by (L = 0) or overflow (L not finite)."""
-    L = problem.lipschitz(lam, per_sample=minibatch)
-    if not np.isfinite(L):
-        raise ValueError("the smoothness estimate of g overflows: the entries of X are too "
-                         "large for float64 arithmetic; scale the features (e.g. to unit "
-                         "variance)")
-    if L <= 0.0:
-        raise ValueError("the inner problem has no curvature at this lam (X is zero or every "
-                         "sample weight is 0, and reg = 0): it has no unique minimizer and no "
-                         "step size can be derived; use reg > 0, another lam, or nonzero data")
-    return L
-
-
-def check_step_size(problem, lam, gamma, solver, beta, check_step, name="step_size",
-                    label=None):
-    """Refuse a step size at or above the solver's stability bound
-    (:func:`stability_bound`) for the estimated smoothness L of the full
-    objective, unless ``check_step`` is False. For minibatch steps this is
-    a necessary condition (on a quadratic the mean of the SGD iterates
-    follows gd on the full objective), not the per-sample bound that the
-    default step size uses."""
-    if not isinstance(check_step, (bool, np.bool_)):
-        raise TypeError(f"check_step={check_step!r} must be a bool")
-    if not check_step:
-        return
-    L = smoothness(problem, lam)
-    bound = stability_bound(solver, L, beta)
-    if gamma >= bound:
-        raise ValueError(
-            f"{name}={gamma:.4g} makes {label or f'solver={solver!r}'} diverge: the "
-            f"smoothness of g is about "
-            f"L={L:.4g}, so {name} must be < {bound:.4g}"
-            + ("" if solver in ("gd", "sgd") else f" (momentum={beta:.4g})")
-            + f"; the default {name}=None uses 1/L. Pass check_step=False to run it anyway "
-            "(L is an estimate)")
-
-
-def check_seed(seed):
-    """A seed: an integer in [0, 2^63)."""
-    seed = _checks.check_scalar("seed", seed, low=0, integer=True)
-    if seed >= 2**63:
-        raise ValueError(f"seed={seed} must be < 2**63")
-    return seed
-
-
-def check_batch(name, b, n, replace):
-    """A batch size in [1, n] (any size ≥ 1 when drawing with replacement)."""
-    b = _checks.check_scalar(name, b, low=1, integer=True)
-    if b > n and not replace:
-        raise ValueError(f"{name}={b} exceeds the {n} rows it is drawn from "
-                         "(without replacement)")
-    return b
-
-
-def resolve_sampler(problem, solver, batch_size, replace, seed):
-    """The kernel sampler int64 [batch, replace, seed] for ``sgd``, else None."""
-    if solver != "sgd":
-        if batch_size is not None:
-            raise ValueError(f"batch_size applies to solver='sgd', not {solver!r}")
-        return None
-    b = min(problem.n, 128) if batch_size is None else \
-        check_batch("batch_size", batch_size, problem.n, replace)
-    if not isinstance(replace, (bool, np.bool_)):
-        raise TypeError(f"replace={replace!r} must be a bool")
-    return np.array([b, int(replace), check_seed(seed)], dtype=np.int64)
 
 
 def build_schedule(method, T, K, snapshots, schedule):
     """The action list of an ITD method (see :mod:`fastbilevel.schedules`)."""
-    if method != "truncated" and K is not None:
-        raise ValueError(f"K applies to method='truncated', not {method!r}")
-    if method != "checkpointed" and snapshots is not None:
-        raise ValueError(f"snapshots applies to method='checkpointed', not {method!r}")
     if method == "reverse":
         return schedules.reverse(T)
     if method == "recompute":
@@ -176,6 +46,7 @@ def build_schedule(method, T, K, snapshots, schedule):
         if K > T:
             raise ValueError(f"K={K} must be <= steps={T}")
         return schedules.truncated(T, K)
+    schedule = "revolve" if schedule is None else schedule
     _checks.check_choice("schedule", schedule, SCHEDULES)
     # default ⌈√T⌉ (isqrt(T − 1) + 1 for T ≥ 1; 1 for T = 0)
     s = max(1, math.isqrt(max(T - 1, 0)) + 1) if snapshots is None else \
@@ -185,8 +56,8 @@ def build_schedule(method, T, K, snapshots, schedule):
 
 def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   step_size=None, w0=None, *, K=None, snapshots=None,
-                  schedule="revolve", momentum=None, linear_solver="cg", tol=1e-10,
-                  v0=None, eta=None, batch_size=None, replace=False, seed=0, check_step=True,
+                  schedule=None, momentum=None, linear_solver=None, tol=None,
+                  v0=None, eta=None, batch_size=None, replace=None, seed=None, check_step=True,
                   **method_kw):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
@@ -277,39 +148,37 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         ``config.MAX_TRAJECTORY_BYTES``, or when the inner loop diverges
         with this step size.
     """
-    from .meta import MultiTaskProblem, meta_hypergradient
     _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
-    if isinstance(problem, MultiTaskProblem):
-        for name, val in (("w0", w0), ("K", K), ("snapshots", snapshots), ("momentum", momentum),
-                          ("v0", v0), ("eta", eta), ("batch_size", batch_size)):
-            if val is not None:
-                raise ValueError(f"{name} does not apply to a MultiTaskProblem")
-        if solver != "gd":
-            raise ValueError("a MultiTaskProblem's inner loop is solver='gd'")
+    multitask = isinstance(problem, MultiTaskProblem)
+    given = {k: v for k, v in (("step_size", step_size), ("w0", w0), ("K", K),
+                               ("snapshots", snapshots), ("schedule", schedule),
+                               ("momentum", momentum), ("linear_solver", linear_solver),
+                               ("tol", tol), ("v0", v0), ("eta", eta),
+                               ("batch_size", batch_size), ("replace", replace),
+                               ("seed", seed)) if v is not None}
+    given.update(method_kw)
+    if solver != "gd":
+        given["solver"] = solver
+    if check_step is not True:
+        given["check_step"] = check_step
+    check_hypergradient_kw(method, solver, given, multitask)
+    seed = 0 if seed is None else seed
+    replace = False if replace is None else replace
+    if multitask:
         return meta_hypergradient(problem, lam, method, steps, step_size, seed=seed,
                                   check_step=check_step, **method_kw)
-    _checks.check_choice("method", method, METHODS)
     if method == "stocbio":
-        from .stochastic import stocbio
-        for name, val in (("K", K), ("snapshots", snapshots), ("momentum", momentum),
-                          ("v0", v0)):
-            if val is not None:
-                raise ValueError(f"{name} does not apply to method='stocbio'")
         if solver not in ("gd", "sgd"):
             raise ValueError(f"method='stocbio' runs minibatch SGD inner steps; "
                              f"solver={solver!r} does not apply")
         return stocbio(problem, lam, steps=steps, step_size=step_size, w0=w0, eta=eta,
                        batch_size=batch_size, replace=replace, seed=seed,
                        check_step=check_step, **method_kw)
-    if method_kw:
-        raise TypeError(f"unexpected arguments for method={method!r}: {sorted(method_kw)}")
     sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
     if method == "implicit":
         return _implicit(problem, lam, solver, steps, step_size, w0, momentum, K,
-                         snapshots, linear_solver, tol, v0, eta, sampler, check_step)
+                         linear_solver, tol, v0, eta, sampler, check_step)
     if method == "forward":
-        if K is not None or snapshots is not None:
-            raise ValueError("K and snapshots do not apply to method='forward'")
         sched = None
     else:
         sched = lambda T: build_schedule(method, T, K, snapshots, schedule)
@@ -317,7 +186,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                      sampler, check_step)
     r.stats["method"] = method
     if method == "checkpointed":
-        r.stats["schedule"] = schedule
+        r.stats["schedule"] = "revolve" if schedule is None else schedule
     return r
 
 
@@ -343,17 +212,17 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     else:
         W0 = problem._w_in("w0", w0)
     code = SOLVERS[solver]
-    nstate = 1 if solver == "gd" else 2
+    nstate = state_vectors(solver)
     vec = problem.dim_w * 8
     if make_schedule is None:
         held = problem.dim_lam * nstate * vec
-        _check_bytes(held, f"method='forward' would hold dim λ × dim w = "
+        check_bytes(held, f"method='forward' would hold dim λ × dim w = "
                            f"{problem.dim_lam} × {problem.dim_w} tangents")
         nslots = 0
     else:
         sched = make_schedule(T)
         held = sched.nslots * nstate * vec + sched.buf_len * vec
-        _check_bytes(held, f"steps={T}: method={label!r} would store")
+        check_bytes(held, f"steps={T}: method={label!r} would store")
         nslots = sched.nslots
     gvals = np.zeros(max(1, min(T, config.MAX_INNER_VALUES)))
     h = np.zeros(problem.dim_lam)
@@ -391,28 +260,6 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     return HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
 
 
-def check_finite_result(label, value, *arrays):
-    """Never return a non-finite result: say what to change instead."""
-    if np.isfinite(value) and all(np.all(np.isfinite(a)) for a in arrays):
-        return
-    raise ValueError(f"method={label!r} gave a non-finite result (outer value {value:.4g}): "
-                     "lam, w0 or the data are too large for float64 arithmetic at this "
-                     "point; scale the data or start from a smaller lam/w0")
-
-
-def _fmt_bytes(n):
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} bytes"
-
-
-def _check_bytes(nbytes, what):
-    if nbytes > config.MAX_TRAJECTORY_BYTES:
-        raise ValueError(f"{what} {_fmt_bytes(nbytes)}, above config.MAX_TRAJECTORY_BYTES="
-                         f"{_fmt_bytes(config.MAX_TRAJECTORY_BYTES)}")
-
-
 def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False):
     L = problem.lipschitz(lam, per_sample=minibatch)
     what = "g on a minibatch (per-sample bound)" if minibatch else "g"
@@ -423,13 +270,18 @@ def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False):
 
 
 def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,
-          momentum=None, batch_size=None, replace=False, seed=0, check_step=True):
+          momentum=None, batch_size=None, replace=None, seed=None, check_step=True):
     """The inner loop alone: w_T after ``steps`` steps of ``solver`` (same
     arguments as :func:`hypergradient`). Returns a HypergradientResult with
     ``grad`` None, ``w`` = w_T, ``value`` = f(w_T) and stats (time_s,
     passes, inner_values, ...). No trajectory is kept."""
     _checks.check_problem(problem, (BilevelProblem,))
-    sampler = resolve_sampler(problem, solver, batch_size, replace, seed)
+    _checks.check_choice("solver", solver, SOLVERS)
+    given = {k: v for k, v in (("momentum", momentum), ("batch_size", batch_size),
+                               ("replace", replace), ("seed", seed)) if v is not None}
+    refuse_unused(given, SOLVER_PARAMS[solver], f"solve with solver={solver!r}")
+    sampler = resolve_sampler(problem, solver, batch_size, False if replace is None else replace,
+                              0 if seed is None else seed)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
                      schedules.inner_only, "solve", sampler, check_step)
     r.grad = None
@@ -454,7 +306,7 @@ def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
     budget = _checks.check_scalar("memory_bytes", memory_bytes, low=0)
     _checks.check_choice("solver", solver, SOLVERS)
     vec = problem.dim_w * 8
-    state = vec * (1 if solver == "gd" else 2)
+    state = vec * state_vectors(solver)
     options = []
     if T * vec <= budget:
         options.append({"method": "reverse", "snapshots": None, "bytes": T * vec,
@@ -478,14 +330,13 @@ def plan(problem, steps, memory_bytes, solver="gd", hvp_cost=1.3):
     return min(options, key=lambda o: (o["cost"], o["bytes"]))
 
 
-def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots,
-              linear_solver, tol, v0, eta, sampler=None, check_step=True):
+def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, linear_solver, tol,
+              v0, eta, sampler=None, check_step=True):
     t0 = time.perf_counter()
-    if snapshots is not None:
-        raise ValueError("snapshots does not apply to method='implicit'")
+    linear_solver = "cg" if linear_solver is None else linear_solver
     _checks.check_choice("linear_solver", linear_solver, LINEAR_SOLVERS)
     K = 100 if K is None else _checks.check_scalar("K", K, low=0, integer=True)
-    tol = _checks.check_scalar("tol", tol, low=0.0)
+    tol = 1e-10 if tol is None else _checks.check_scalar("tol", tol, low=0.0)
     r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
                      schedules.inner_only, "implicit", sampler, check_step)
     hp = problem._lam_in(lam)
@@ -518,6 +369,12 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, snapshots
                                       problem._model, hp.rdiag, W, b, V0,
                                       LINEAR_SOLVERS[linear_solver], K, tol, eta, alpha,
                                       beta, nch)
+    if status == NO_CURVATURE:
+        raise ValueError(
+            f"linear_solver='cg' met a direction of zero curvature at step {it}: H(w) is "
+            "singular where ∇_w f has weight (a feature the training data never uses, or "
+            "no ridge); use reg > 0 (or a smaller lam for l2/feature_l2), or "
+            "linear_solver='neumann' for a truncated series")
     if status == DIVERGED:
         raise ValueError(
             f"linear_solver={linear_solver!r} diverged at step {it} (residual {resid:.3g}); "

@@ -6,7 +6,9 @@ import numba
 import numpy as np
 
 from . import _checks
+from ._checks import check_bytes, check_seed
 from ._interrupt import run_kernel
+from ._results import HypergradientResult
 from . import kernels as K
 from .kernels import meta as MK
 from .kernels._rowmath import curvature_bound
@@ -139,7 +141,6 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
     test loss of the meta-batch at φ_r), ``w`` None, ``stats`` (tasks,
     corrections, train_steps, time_s, ...).
     """
-    from .hypergrad import HypergradientResult, _check_bytes, check_seed
     t0 = time.perf_counter()
     if not isinstance(problem, MultiTaskProblem):
         raise TypeError(f"meta_hypergradient needs a MultiTaskProblem, got "
@@ -175,7 +176,7 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
         raise ValueError(f"meta_batch={B} exceeds the {N} tasks")
     seed = check_seed(seed)
     if method == "reverse":
-        _check_bytes(r * problem.dim_lam * 8 * min(B, numba.get_num_threads()),
+        check_bytes(r * problem.dim_lam * 8 * min(B, numba.get_num_threads()),
                      f"steps={r}: method='reverse' would store, over the tasks run at once,")
     Th = problem._theta_in(theta)
     G = np.empty_like(Th)

@@ -7,90 +7,19 @@ import time
 import numpy as np
 
 from . import _checks
-from .hypergrad import METHODS, check_seed, hypergradient
+from ._checks import check_bounds, check_seed
+from ._results import History, MinimizeResult
+from .hypergrad import METHODS, hypergradient, solve
 from .kernels.sampling import derive
+from ._params import FSLA as FSLA_PARAMS
+from ._params import OUTER as OUTER_PARAMS
+from ._params import ParameterError, check_hypergradient_kw, refuse_unused
+from .meta import META_METHODS, MultiTaskProblem
+from .problem import BilevelProblem
+from .stochastic import fsla
 
 OUTER = ("sgd", "adam", "nesterov", "hoag")
 TOL_SCHEDULES = ("exponential", "quadratic", "cubic")
-
-
-class History:
-    """Per outer iteration, as arrays: ``outer_value`` (f(w_T) at the point
-    where the hypergradient was taken), ``grad_norm`` (‖hypergradient‖),
-    ``inner_grad_norm`` (‖∇_w g(w_T, λ)‖, the inner residual), ``residual``
-    (linear-solver residual, NaN unless ``implicit``), ``linear_steps``,
-    ``passes`` (passes over X, cumulative; minibatch passes for the
-    stochastic methods, iterations for FSLA), ``rows`` (training rows
-    read, cumulative: the cost measure common to full-batch and minibatch
-    methods), ``time_s`` (wall time, cumulative, not counting the callback
-    or FSLA's evaluation passes), ``accepted`` (HOAG: whether the step into this point was
-    kept; always True otherwise) and ``tol`` (HOAG's tolerance ε_k, else NaN)."""
-
-    FIELDS = ("outer_value", "grad_norm", "inner_grad_norm", "residual",
-              "linear_steps", "passes", "rows", "time_s", "accepted", "tol")
-
-    def __init__(self):
-        self._rows = []
-
-    def _append(self, **row):
-        self._rows.append(row)
-
-    def __len__(self):
-        return len(self._rows)
-
-    def __getattr__(self, name):
-        if name in History.FIELDS:
-            return np.array([r[name] for r in self._rows])
-        raise AttributeError(name)
-
-    def as_table(self):
-        """The history as aligned text, one line per outer iteration."""
-        head = f"{'iter':>5}{'outer':>14}{'|grad|':>12}{'|inner g|':>12}{'lin res':>11}{'passes':>9}{'time s':>9}"
-        lines = [head]
-        for k, r in enumerate(self._rows):
-            lines.append(f"{k:>5}{r['outer_value']:>14.6g}{r['grad_norm']:>12.4g}"
-                         f"{r['inner_grad_norm']:>12.4g}{r['residual']:>11.3g}"
-                         f"{r['passes']:>9}{r['time_s']:>9.3f}")
-        return "\n".join(lines)
-
-
-class MinimizeResult:
-    """``lam`` (final λ), ``history`` (:class:`History`), ``w`` and ``v``
-    (the last inner solution and linear-system solution, for warm starts),
-    ``last`` (the last HypergradientResult)."""
-
-    __slots__ = ("lam", "history", "w", "v", "last")
-
-    def __init__(self, lam, history, w, v, last):
-        self.lam, self.history, self.w, self.v, self.last = lam, history, w, v, last
-
-    def __repr__(self):
-        h = self.history
-        return (f"MinimizeResult(iters={len(h)}, outer {h.outer_value[0]:.6g} -> "
-                f"{h.outer_value[-1]:.6g}, time_s={h.time_s[-1]:.3g})")
-
-
-def _bounds(problem, bounds):
-    if bounds is None:
-        return None
-    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise ValueError("bounds must be a pair (low, high) of scalars or arrays of λ's shape")
-    out = []
-    for name, b in zip(("low", "high"), bounds):
-        try:
-            arr = np.asarray(b, dtype=float)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"bounds: {name}={b!r} is not a number or an array of numbers") from e
-        try:
-            out.append(np.broadcast_to(arr, problem.lam_shape))
-        except ValueError:
-            raise ValueError(f"bounds: {name} has shape {arr.shape}, which does not fit λ's "
-                             f"shape {problem.lam_shape}; give a scalar or an array of that "
-                             "shape") from None
-    lo, hi = out
-    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
-        raise ValueError("bounds: need low <= high everywhere (no NaN)")
-    return lo, hi
 
 
 # e^λ overflows float64 past this (feature_l2, l2)
@@ -110,9 +39,9 @@ def _check_outer_step(problem, lam, k, lr, outer):
 
 
 def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
-             decay=None, outer_momentum=0.9, betas=(0.9, 0.999), bounds=None,
-             warm_start=True, callback=None, tol_schedule="quadratic", tol0=1e-2,
-             max_inner_steps=10000, **hypergradient_kw):
+             decay=None, outer_momentum=None, betas=None, bounds=None,
+             warm_start=True, callback=None, tol_schedule=None, tol0=None,
+             max_inner_steps=None, **hypergradient_kw):
     """Minimize Φ(λ) = f(w_T(λ)) with hypergradients from :func:`hypergradient`.
 
     Parameters
@@ -156,26 +85,43 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     -------
     MinimizeResult
     """
-    from .meta import META_METHODS, MultiTaskProblem
-    from .problem import BilevelProblem
     _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
     multitask = isinstance(problem, MultiTaskProblem)
     _checks.check_choice("method", method, tuple(META_METHODS) if multitask
                          else METHODS + ("fsla",))
+    outer_kw = {k: v for k, v in (("decay", decay), ("outer_momentum", outer_momentum),
+                                  ("betas", betas), ("tol_schedule", tol_schedule),
+                                  ("tol0", tol0), ("max_inner_steps", max_inner_steps))
+                if v is not None}
     if method == "fsla":
         if outer is not None:
             raise ValueError("outer does not apply to method='fsla' (it updates λ with "
                              "its own STORM momentum, step lr/√(k+1))")
-        from .stochastic import fsla
+        refuse_unused(dict(outer_kw, **hypergradient_kw), FSLA_PARAMS, "method='fsla'")
+        if not warm_start:
+            raise ParameterError("warm_start=False does not apply to method='fsla' (its "
+                                 "iterates are its state)")
         return fsla(problem, lam0, iters, delta=lr, bounds=bounds, callback=callback,
                     **hypergradient_kw)
     outer = "adam" if outer is None else outer
     _checks.check_choice("outer", outer, OUTER)
+    refuse_unused(outer_kw, OUTER_PARAMS[outer], f"outer={outer!r}")
+    if outer == "hoag" and method != "implicit":
+        raise ValueError("outer='hoag' uses method='implicit'")
+    for key in ("w0", "v0", "tol") if outer == "hoag" else ("w0", "v0"):
+        if key in hypergradient_kw and (warm_start or outer == "hoag"):
+            raise ValueError(f"{key} is managed by minimize" + (
+                " with outer='hoag'" if outer == "hoag" else " when warm_start=True"))
+    check_hypergradient_kw(method, hypergradient_kw.get("solver", "gd"), hypergradient_kw,
+                           multitask)
+    betas = (0.9, 0.999) if betas is None else betas
+    outer_momentum = 0.9 if outer_momentum is None else outer_momentum
+    tol_schedule = "quadratic" if tol_schedule is None else tol_schedule
+    tol0 = 1e-2 if tol0 is None else tol0
+    max_inner_steps = 10000 if max_inner_steps is None else max_inner_steps
     iters = _checks.check_scalar("iters", iters, low=1, integer=True)
     lr = _checks.check_scalar("lr", lr, low=0.0, low_inclusive=False)
     if outer == "hoag":
-        if method != "implicit":
-            raise ValueError("outer='hoag' uses method='implicit'")
         if hypergradient_kw.get("steps", 100) == 0:
             raise ValueError("outer='hoag' solves the inner problem in chunks of steps inner "
                              "steps until its tolerance holds: steps=0 never gets there; "
@@ -194,11 +140,8 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     for i, b in enumerate(betas):
         if _checks.check_scalar(f"betas[{i}]", b, low=0.0) >= 1.0:
             raise ValueError(f"betas[{i}]={b} must be in [0, 1) (Adam divides by 1 - beta^k)")
-    for key in ("w0", "v0"):
-        if key in hypergradient_kw and warm_start:
-            raise ValueError(f"{key} is managed by minimize when warm_start=True")
     lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
-    bnd = _bounds(problem, bounds)
+    bnd = check_bounds(problem, bounds)
     if bnd is not None:
         lam = np.clip(lam, *bnd)
     if outer == "hoag":
@@ -273,15 +216,11 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
 def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_steps,
           warm_start, kw):
     """HOAG-style outer loop (see :func:`minimize`)."""
-    from .hypergrad import solve
     kw = dict(kw)
     solver = kw.pop("solver", "gd")
     chunk = kw.pop("steps", 100)
     step_size = kw.pop("step_size", None)
     momentum = kw.pop("momentum", None)
-    for bad in ("tol", "w0", "v0"):
-        if bad in kw:
-            raise ValueError(f"{bad} is managed by outer='hoag'")
     hist = History()
     w = v = last = None
     passes = 0

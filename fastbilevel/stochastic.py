@@ -5,11 +5,12 @@ import time
 import numpy as np
 
 from . import _checks
+from ._checks import (check_batch, check_bounds, check_seed, check_step_size,
+                      resolve_step_size, smoothness)
 from ._parallel import fixed_nchunks
-from .hypergrad import (HypergradientResult, check_batch, check_seed, check_step_size,
-                        resolve_step_size, smoothness)
+from ._results import History, HypergradientResult, MinimizeResult
+from .kernels.stochastic import fsla_run, stocbio_run
 from .problem import BilevelProblem
-from .kernels.stochastic import stocbio_run
 
 HESSIAN_SCHEDULES = ("decay", "uniform")
 
@@ -179,8 +180,6 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     -------
     MinimizeResult (``v`` is the final v-state; ``last`` None).
     """
-    from .minimize import History, MinimizeResult, _bounds
-    from .kernels.stochastic import fsla_run
     _checks.check_problem(problem, (BilevelProblem,))
     if problem.hyper == "init":
         raise ValueError("method='fsla' does not apply to hyper='init'; use an ITD method")
@@ -190,7 +189,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     S, bv, bc = _batches(problem, batch_size, outer_batch, cross_batch, replace)
     seed = check_seed(seed)
     lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
-    bnd = _bounds(problem, bounds)
+    bnd = check_bounds(problem, bounds)
     if bnd is not None:
         lam = np.clip(lam, *bnd)
     L0 = smoothness(problem, lam, minibatch=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import fastbilevel as fb
 
@@ -41,3 +42,49 @@ def test_cached_kernels_in_fresh_processes(monkeypatch):
         got_r, got_s = json.loads(out.stdout.strip().splitlines()[-1])
         assert np.array_equal(np.array(got_r), want_r)
         assert np.array_equal(np.array(got_s), want_s)
+
+
+VALUE_SCRIPT = """
+import numpy as np, fastbilevel as fb
+assert fb.__file__.startswith({root!r}), fb.__file__
+rng = np.random.default_rng(0)
+X = rng.standard_normal((30, 4))
+p = fb.BilevelProblem("linear", "l2", X, rng.standard_normal(30), X[:5], np.zeros(5))
+print(repr(p.inner_value(np.ones(4), np.array(-50.0))))
+"""
+
+
+def _value(root):
+    env = dict(os.environ, PYTHONPATH=root)
+    out = subprocess.run([sys.executable, "-c", VALUE_SCRIPT.format(root=root)], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return float(out.stdout.strip())
+
+
+def test_an_edited_inlined_module_is_never_served_stale(tmp_path):
+    """The per-row loss in _rowmath.py is inlined into oracle_pass, whose own
+    file (oracles.py) does not change: a cache keyed on the entry point's
+    file would serve the old kernel. Keyed by all the package's sources, the
+    edited copy compiles anew, and the original still gives its own result."""
+    import shutil
+    src = os.path.dirname(fb.__file__)
+    root = str(tmp_path / "copy")
+    shutil.copytree(src, os.path.join(root, "fastbilevel"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    original_root = os.path.dirname(src)
+    before = _value(root)
+    assert before == _value(original_root)
+    rowmath = os.path.join(root, "fastbilevel", "kernels", "_rowmath.py")
+    with open(rowmath) as fh:
+        text = fh.read()
+    assert text.count("return 0.5 * r * r") == 1
+    with open(rowmath, "w") as fh:
+        fh.write(text.replace("return 0.5 * r * r", "return 0.25 * r * r"))
+    after = _value(root)
+    # g = data part + ridge part, with e^-50 ≈ 2e-22 the ridge part vanishes
+    assert after == pytest.approx(before / 2, rel=1e-12)
+    assert _value(original_root) == before
+    # and nothing was cached inside either package
+    for base in (src, os.path.join(root, "fastbilevel")):
+        assert not [f for _, _, fs in os.walk(base) for f in fs if f.endswith((".nbi", ".nbc"))]

@@ -1,8 +1,22 @@
 import json
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
+import fastbilevel as fb
+from fastbilevel._cache import resolved_cache_dir
 from fastbilevel.cli.main import cli
+
+
+def _check_row_arithmetic(r, peaks):
+    """A bench row's derived figures follow from its timings and counts."""
+    assert r["median_s"] == pytest.approx(float(np.median(r["times_s"])))
+    assert r["GBps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
+    assert r["GFLOPs"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
+    bound = max(r["bytes"] / (peaks["read_GBps"] * 1e9), r["flops"] / (peaks["gemm_GFLOPs"] * 1e9))
+    assert r["roofline_s"] == pytest.approx(bound)
+    assert r["roofline_frac"] == pytest.approx(bound / r["median_s"])
 
 
 def test_bench_toy_json(tmp_path):
@@ -12,10 +26,21 @@ def test_bench_toy_json(tmp_path):
     assert res.exit_code == 0, res.output
     assert "roofline" in res.output and "reverse" in res.output and "numpy" in res.output
     data = json.loads(out.read_text())
-    assert {r["method"] for r in data["results"]} == {"reverse", "numpy"}
+    rows = {r["method"]: r for r in data["results"]}
+    assert set(rows) == {"reverse", "numpy"}
     assert data["machine"]["read_GBps"] > 0 and data["machine"]["gemm_GFLOPs"] > 0
-    r = data["results"][0]
-    assert r["passes"] == 10 and 0 < r["roofline_frac"]  # 2T training passes
+    r = rows["reverse"]
+    p = fb.datasets.shaban_toy().problem()
+    assert r["passes"] == 10                           # 2T training passes
+    assert r["trajectory_bytes"] == 5 * p.dim_w * 8    # T stored points
+    # T gradient + T H·v passes over X, one validation pass, dense float64
+    assert r["bytes"] == 10 * p.n * p.d * 8 + p.m * p.d * 8
+    assert r["flops"] == (4 * 5 + 6 * 5) * p.n * p.d + 4 * p.m * p.d
+    assert len(r["times_s"]) == 1
+    for row in rows.values():
+        _check_row_arithmetic(row, data["machine"])
+    assert r["speedup_vs_numpy"] == pytest.approx(rows["numpy"]["median_s"] / r["median_s"])
+    assert f"{r['speedup_vs_numpy']:.2f}x" in res.output
 
 
 def test_bench_rejects_unknown_method():
@@ -24,8 +49,13 @@ def test_bench_rejects_unknown_method():
 
 
 def test_info():
+    import numba
     res = CliRunner().invoke(cli, ["info"])
-    assert res.exit_code == 0 and "numba" in res.output
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"fastbilevel {fb.__version__} (")
+    assert f"numba {numba.__version__}" in res.output
+    assert f"kernel cache: {resolved_cache_dir()} " in res.output
+    assert f"requested {numba.config.THREADING_LAYER!r}" in res.output
 
 
 def test_bench_all_methods_with_rss(tmp_path):
@@ -42,6 +72,11 @@ def test_bench_all_methods_with_rss(tmp_path):
     assert rows["implicit_cg"]["passes"] <= 6 + 3 + 1  # T gradient + at most K + 1 H·v passes
     assert rows["reverse"]["passes"] == 12 and rows["truncated"]["passes"] == 9
     assert rows["checkpointed"]["passes"] > 12 and rows["solve"]["passes"] == 6
+    assert rows["recompute"]["passes"] == 6 + 5 * 4 // 2 + 6     # T + (T-1)(T-2)/2 + T
+    dim_w = fb.datasets.shaban_toy().problem().dim_w
+    assert rows["reverse"]["trajectory_bytes"] == 6 * dim_w * 8
+    assert rows["recompute"]["trajectory_bytes"] == 2 * dim_w * 8   # one agd state: 2 vectors
+    assert rows["solve"]["trajectory_bytes"] == 0
     assert all(r["rss_MB"] > 0 for r in rows.values())
 
 
@@ -56,3 +91,6 @@ def test_bench_stochastic_methods(tmp_path):
     # stocBiO against its NumPy twin, FSLA against its own
     assert rows["stocbio"]["speedup_vs_numpy"] > 0 and rows["fsla"]["speedup_vs_numpy"] > 0
     assert 0 < rows["stocbio"]["passes"] < 4 + 1     # minibatch rows, as fractions of a pass
+    for name in ("stocbio", "fsla"):
+        assert rows[name]["speedup_vs_numpy"] == pytest.approx(
+            rows["numpy_" + name]["median_s"] / rows[name]["median_s"])

@@ -101,7 +101,7 @@ def test_diverging_neumann_is_reported():
 @pytest.mark.parametrize("kw,msg", [
     (dict(linear_solver="gmres"), "linear_solver='gmres'"),
     (dict(eta=0.1), "eta applies to linear_solver='neumann'"),
-    (dict(snapshots=3), "snapshots does not apply"),
+    (dict(snapshots=3), "snapshots=3 does not apply to method='implicit'"),
     (dict(tol=-1.0), "tol=-1.0 must be >= 0"),
     (dict(K=-2), "K=-2 must be >= 0"),
 ])
@@ -109,3 +109,30 @@ def test_argument_errors(kw, msg):
     prob, _ = make_problem("linear", "l2", "dense64")
     with pytest.raises(ValueError, match=msg):
         fb.hypergradient(prob, 0.0, "implicit", steps=10, step_size=0.1, **kw)
+
+
+def test_cg_exits_on_a_direction_without_curvature():
+    """Feature 1 is zero in the training data and feature 0 in the validation
+    data: H = diag(h, 0) and ∇_w f = (0, b), so CG's first direction has
+    pᵀHp = 0 exactly."""
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.standard_normal(30), np.zeros(30)]
+    Xv = np.c_[np.zeros(10), rng.standard_normal(10)]
+    prob = fb.BilevelProblem("linear", "l2", X, rng.standard_normal(30), Xv,
+                             rng.standard_normal(10))
+    lam = np.array(-800.0)          # e^λ = 0: no ridge
+    with pytest.raises(ValueError, match="zero curvature at step 1"):
+        fb.hypergradient(prob, lam, "implicit", steps=5)
+    r = fb.hypergradient(prob, np.array(0.0), "implicit", steps=5)    # with a ridge: fine
+    assert r.stats["converged"]
+
+
+def test_fsla_divergence_is_reported():
+    """An inner step τ = c_τ·δ far beyond 2/L on least squares blows the state up."""
+    prob = fb.datasets.ridge(n=200, m=50, d=10, seed=0).problem("l2")
+    with pytest.raises(ValueError, match="FSLA diverged at iteration 68: lower delta"):
+        fb.minimize(prob, np.array(0.0), "fsla", iters=100, c_tau=1e4, batch_size=32,
+                    eval_every=100)
+    r = fb.minimize(prob, np.array(0.0), "fsla", iters=100, c_tau=1e2, batch_size=32,
+                    eval_every=100)
+    assert np.isfinite(r.lam) and np.all(np.isfinite(r.w))

@@ -65,7 +65,8 @@ def test_bounds_callback_and_table():
     (dict(decay="exp"), "decay='exp'"),
     (dict(bounds=(1.0, -1.0)), "low <= high"),
     (dict(w0=np.zeros(5)), "w0 is managed by minimize"),
-    (dict(outer_momentum=1.0), "outer_momentum=1.0 must be < 1"),
+    (dict(outer="nesterov", outer_momentum=1.0), "outer_momentum=1.0 must be < 1"),
+    (dict(outer_momentum=0.5), "outer_momentum=0.5 does not apply to outer='adam'"),
 ])
 def test_argument_errors(kw, msg):
     prob = fb.datasets.ridge(n=20, m=10, d=5, seed=0).problem()

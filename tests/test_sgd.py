@@ -127,12 +127,17 @@ def test_sgd_bad_arguments():
         fb.hypergradient(prob, -1.0, solver="sgd", batch_size=0)
     with pytest.raises(ValueError, match="seed=-1"):
         fb.hypergradient(prob, -1.0, solver="sgd", seed=-1)
-    with pytest.raises(ValueError, match="batch_size applies to solver='sgd'"):
+    with pytest.raises(ValueError, match="batch_size=5 does not apply to method='reverse' "
+                                         "with solver='gd'"):
         fb.hypergradient(prob, -1.0, batch_size=5)
-    with pytest.raises(ValueError, match="step_size=.*diverge.*minibatch"):
+    with pytest.raises(ValueError, match="step_size=400 makes solver='sgd' diverge"):
         fb.hypergradient(prob, -1.0, solver="sgd", batch_size=4, step_size=400.0, steps=50)
-    # with replacement a batch may exceed n
-    fb.solve(prob, -1.0, solver="sgd", batch_size=50, replace=True, steps=2)
+    with pytest.raises(ValueError, match="step_size=.*diverge.*minibatch"):
+        fb.hypergradient(prob, -1.0, solver="sgd", batch_size=4, step_size=400.0, steps=50,
+                         check_step=False)
+    # with replacement a batch may exceed n: 50 rows of 37, some drawn twice
+    r = fb.solve(prob, -1.0, solver="sgd", batch_size=50, replace=True, steps=2)
+    assert r.stats["batch_size"] == 50 and r.stats["rows_sampled"] == 2 * 50
 
 
 _SCRIPT = r"""

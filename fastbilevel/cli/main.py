@@ -5,37 +5,14 @@ import platform
 import time
 
 import click
+import numba
 import numpy as np
+import scipy
 
-PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
-METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
-           "implicit_neumann", "implicit_hb", "solve", "numpy", "stocbio", "numpy_stocbio",
-           "fsla", "numpy_fsla")
-
-# (full size, --quick size) of each built-in problem, and its default T
-_SIZES = {
-    "hypercleaning": (dict(n=20000, m=5000, d=784, c=10), dict(n=5000, m=1000, d=784, c=10), 100),
-    "text": (dict(n=11314, m=7532, d=101631), dict(n=2000, m=1000, d=20000), 100),
-    "ridge": (dict(n=20000, m=5000, d=500), dict(n=2000, m=500, d=200), 100),
-    "toy": ({}, {}, 100),
-}
-
-
-def _dataset(name, quick, seed, dtype):
-    from .. import datasets
-    full, small, _ = _SIZES[name]
-    kw = dict(small if quick else full)
-    if name == "hypercleaning":
-        return datasets.hypercleaning(seed=seed, dtype=dtype, **kw)
-    if name == "text":
-        return datasets.text(seed=seed, dtype=dtype, **kw)
-    if name == "ridge":
-        return datasets.ridge(seed=seed, dtype=dtype, **kw)
-    return datasets.shaban_toy()
-
-
-def _default_lam(prob):
-    return np.zeros(prob.lam_shape) if prob.hyper != "feature_l2" else np.full(prob.d, -2.0)
+from .._cache import PACKAGE_DIR, resolved_cache_dir
+from .._version import __version__
+from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
+                     machine_peaks, peak_rss_mb, run_bench)
 
 
 @click.group()
@@ -75,13 +52,12 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
           repeats, quick, seed, json_path):
     """Time hypergradient methods on a built-in problem, with the roofline
     fraction (peak bandwidth and GEMM rate measured in the same run)."""
-    from ..bench import format_table, machine_peaks, peak_rss_mb, run_bench
     meths = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in meths if m not in METHODS]
     if bad or not meths:
         raise click.BadParameter(f"unknown method(s) {bad}; choose from {list(METHODS)}",
                                  param_hint="--methods")
-    T = steps or (20 if quick else _SIZES[problem][2])
+    T = steps or (20 if quick else SIZES[problem][2])
     reps = repeats or (3 if quick else 5)
     t0 = time.perf_counter()
     peaks = machine_peaks(quick=quick)
@@ -90,11 +66,11 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
     rows = []
     for dt in dtypes:
-        ds = _dataset(problem, quick, seed, dt)
+        ds = bench_dataset(problem, quick, seed, dt)
         prob = ds.problem(hyper=hyper, dtype=dt)
         click.echo(f"problem: {problem} {prob}")
         opts = dict(solver=solver, momentum=momentum, snapshots=snapshots, schedule=schedule, K=K)
-        new = run_bench(prob, _default_lam(prob), meths, T, reps, peaks, **opts)
+        new = run_bench(prob, default_lam(prob), meths, T, reps, peaks, **opts)
         if rss:
             for r in new:
                 r["rss_before_MB"], r["rss_MB"] = peak_rss_mb({"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
@@ -111,19 +87,13 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
 
 
 def _threads():
-    import numba
     return numba.get_num_threads()
 
 
 @cli.command()
 def info():
-    """Versions, threads and the Numba cache location."""
-    import numba
-    import scipy
-
-    import fastbilevel
-    from .._cache import resolved_cache_dir
-    click.echo(f"fastbilevel {fastbilevel.__version__} ({fastbilevel.__file__})")
+    """Versions, threads, the threading layer and the kernel cache location."""
+    click.echo(f"fastbilevel {__version__} ({PACKAGE_DIR})")
     click.echo(f"python {platform.python_version()}, numpy {np.__version__}, "
                f"scipy {scipy.__version__}, numba {numba.__version__}")
     layer = numba.threading_layer() if _has_layer() else "not started"
@@ -134,7 +104,6 @@ def info():
 
 
 def _has_layer():
-    import numba
     try:
         numba.threading_layer()
         return True

@@ -21,6 +21,7 @@ HEAVY_BALL_LS = 2
 CONVERGED = 0
 MAX_STEPS = 1
 DIVERGED = 2
+NO_CURVATURE = 3     # CG met a direction p with pᵀHp ≤ 0
 
 # a solve whose residual grows past this factor of its first residual diverges
 _GROWTH = 1e6
@@ -38,8 +39,8 @@ def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
 
     Returns (v, residual ‖b − Hv‖, steps, status): status CONVERGED when
     ‖b − Hv‖ ≤ tol·‖b‖, MAX_STEPS when K steps ran first, DIVERGED when the
-    residual became non-finite or grew past 1e6 times its first value (or CG
-    met a direction of non-positive curvature), or ``STOPPED`` when the
+    residual became non-finite or grew past 1e6 times its first value,
+    NO_CURVATURE when CG met a direction of non-positive curvature, or ``STOPPED`` when the
     host set ``ctrl[0]`` (``kernels.control``)."""
     c, d = W.shape
     v = v0.copy()
@@ -63,7 +64,7 @@ def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
         if solver == CG and it > 0:
             pHp = np.sum(p * Hx)
             if not pHp > 0.0:
-                return v, math.sqrt(rr), it, DIVERGED
+                return v, math.sqrt(rr), it, NO_CURVATURE
             step = rr / pHp
             v += step * p
             r -= step * Hx
