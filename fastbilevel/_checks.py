@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import config
+from ._registry import MODELS
 
 _FLOATS = (np.float32, np.float64)
 
@@ -153,19 +154,7 @@ def check_labels(name, y, n, model):
     y = np.ascontiguousarray(y, dtype=np.float64)
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{name} contains NaN or inf")
-    if model == "logistic":
-        vals = set(np.unique(y).tolist())
-        if vals <= {-1.0, 1.0}:
-            return y
-        if vals <= {0.0, 1.0}:
-            return 2.0 * y - 1.0
-        raise ValueError(f"{name}: logistic labels must be in {{-1, +1}} or "
-                         f"{{0, 1}}, got values {sorted(vals)[:5]}")
-    if model == "multinomial":
-        if np.any(y != np.round(y)) or np.any(y < 0):
-            raise ValueError(f"{name}: multinomial labels must be integers "
-                             "0..n_classes-1")
-    return y
+    return MODELS[model].labels(name, y)
 
 
 def check_scalar(name, value, low=None, low_inclusive=True, integer=False):
@@ -206,7 +195,7 @@ def check_n_classes(model, n_classes, y, *other_labels):
     which must then be exactly 0..c−1 with every class present (a label
     that skips classes is almost always a typo or an unencoded label, and
     would silently build a model with that many outputs)."""
-    if model == "multinomial":
+    if MODELS[model].multiclass:
         top = int(max(float(v.max()) for v in (y,) + other_labels)) + 1
         if n_classes is not None:
             c = check_scalar("n_classes", n_classes, low=2, integer=True)

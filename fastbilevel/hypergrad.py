@@ -1,4 +1,4 @@
-"""hypergradient(): d/dλ f(w_T(λ)) through a compiled inner loop (DESIGN §4)."""
+"""hypergradient(): d/dλ f(w_T(λ)) through a compiled inner loop (docs/math.md §6-7)."""
 import math
 import time
 
@@ -105,29 +105,42 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         step t from ``seed`` (with or without ``replace``-ment) inside the
         kernel; every ITD method differentiates exactly this sampled
         trajectory (the reverse sweep redraws step t's batch).
-    steps : int ≥ 0
+    steps : int ≥ 0, default 100
         T.
     step_size : float > 0, optional
         γ; default 1/L with L estimated by ``problem.lipschitz(lam)``.
     w0 : array_like, shape of w, optional
         Start of the inner loop (default 0; for ``init`` the start is λ and
         w0 must not be given).
-    K : int, for ``truncated``.
-    snapshots : int ≥ 1, for ``checkpointed``.
-    schedule : {"revolve", "uniform"}, for ``checkpointed``.
-    momentum : float in [0, 1), for ``heavy_ball`` and ``agd``; default from
-        κ = L/μ (see :func:`resolve_momentum`).
-    linear_solver : {"cg", "neumann", "heavy_ball"}, for ``implicit``.
-        ``neumann``: v ← v + η(b − Hv), η = ``eta`` (default 1/L);
-        ``heavy_ball``: AccBiO's α = 4/(√L+√μ)², β = ((√κ−1)/(√κ+1))².
-    tol : float ≥ 0, for ``implicit`` (relative residual).
-    v0 : array_like, shape of w, for ``implicit`` (default 0).
-    eta : float > 0, for ``implicit`` with ``neumann``.
-    batch_size : int ≥ 1, for ``sgd`` (default min(n, 128)).
-    replace : bool, for ``sgd``: draw with replacement (default without).
-    seed : int in [0, 2^63), for ``sgd``. The same seed gives bit-identical
-        results on any thread count (passes are split into
-        ``config.STOCHASTIC_NCHUNKS`` chunks, not one per thread).
+    K : int, optional
+        For ``truncated``: the reverse steps (required). For ``implicit``:
+        the linear-solver steps at most (default 100).
+    snapshots : int ≥ 1, optional
+        For ``checkpointed``: solver states held (default ⌈√T⌉).
+    schedule : {"revolve", "uniform"}, optional
+        For ``checkpointed`` (default "revolve").
+    momentum : float in [0, 1), optional
+        For ``heavy_ball`` and ``agd``; default from κ = L/μ (see
+        :func:`fastbilevel._checks.resolve_momentum`).
+    linear_solver : {"cg", "neumann", "heavy_ball"}, optional
+        For ``implicit`` (default "cg"). ``neumann``: v ← v + η(b − Hv),
+        η = ``eta``; ``heavy_ball``: AccBiO's α = 4/(√L+√μ)²,
+        β = ((√κ−1)/(√κ+1))².
+    tol : float ≥ 0, optional
+        For ``implicit``: the relative residual to stop at (default 1e-10).
+    v0 : array_like, shape of w, optional
+        For ``implicit``: start of the linear solve (default 0).
+    eta : float > 0, optional
+        For ``implicit`` with ``neumann`` (default 1/L); for ``stocbio``.
+    batch_size : int ≥ 1, optional
+        For ``sgd`` and ``stocbio`` (default min(n, 128)).
+    replace : bool, optional
+        For ``sgd`` and ``stocbio``: draw with replacement (default without).
+    seed : int in [0, 2^63), optional
+        For ``sgd``, ``stocbio`` and the multi-task methods (default 0). The
+        same seed gives bit-identical results on any thread count (passes
+        are split into ``config.STOCHASTIC_NCHUNKS`` chunks, not one per
+        thread).
     check_step : bool, default True
         Refuse a ``step_size`` (and, for ``neumann``, an ``eta``) at or above
         the solver's stability bound for the estimated smoothness L (2/L for
@@ -135,6 +148,13 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         inner loop whose g becomes non-finite or rises far above g(w_0) is
         reported as divergent either way.
 
+    **method_kw
+        The keywords of :func:`fastbilevel.stochastic.stocbio` (``Q``,
+        ``hessian_batch``, ...) or of the multi-task methods (``q``,
+        ``meta_batch``).
+
+    Every keyword the chosen method (and solver) does not use is refused
+    (:class:`fastbilevel._params.ParameterError`, listing those it accepts).
     A run can be stopped with Ctrl-C (KeyboardInterrupt) at any step.
 
     Returns

@@ -9,13 +9,11 @@ from . import _checks
 from ._checks import check_bytes, check_seed
 from ._interrupt import run_kernel
 from ._results import HypergradientResult
-from . import kernels as K
 from .kernels import meta as MK
-from .kernels._rowmath import curvature_bound
+from ._registry import MODELS
 
 META_METHODS = {"reverse": MK.REVERSE, "recompute": MK.RECOMPUTE,
                 "first_order": MK.FIRST_ORDER, "ufo": MK.UFO}
-_MODELS = {"linear": K.LINEAR, "logistic": K.LOGISTIC, "multinomial": K.MULTINOMIAL}
 
 
 def _task_array(name, A, ndim, dtype):
@@ -42,11 +40,21 @@ class MultiTaskProblem:
     Parameters
     ----------
     model : {"linear", "logistic", "multinomial"}
-    X : (N, s, d) dense array; y : (N, s) labels (as in BilevelProblem).
-    X_test : (N, t, d); y_test : (N, t).
-    reg : float ≥ 0 — C of the inner (C/2)‖φ‖² (default 0).
-    dtype : float32 or float64 (default that of X).
-    n_classes : int, for multinomial (default: largest label + 1).
+    X : array_like, shape (N, s, d)
+        Dense training rows of the N tasks.
+    y : array_like, shape (N, s)
+        Their labels (as in BilevelProblem).
+    X_test : array_like, shape (N, t, d)
+        Dense test rows of the tasks.
+    y_test : array_like, shape (N, t)
+        Their labels.
+    reg : float ≥ 0, default 0
+        C of the inner (C/2)‖φ‖².
+    dtype : float32 or float64, optional
+        Default: that of X.
+    n_classes : int, optional
+        For multinomial; default: the number of classes in y, which must
+        then be 0..c−1 with every class present.
 
     θ (and every gradient) has shape (d,) or (d, c).
     """
@@ -54,8 +62,8 @@ class MultiTaskProblem:
     hyper = "init"
 
     def __init__(self, model, X, y, X_test, y_test, reg=0.0, dtype=None, n_classes=None):
-        self.model = _checks.check_choice("model", model, _MODELS)
-        self._model = _MODELS[model]
+        self.model = _checks.check_choice("model", model, MODELS)
+        self._model = MODELS[model].code
         dt = _checks.check_dtype("dtype", dtype)
         if dt is None:
             dt = np.float32 if np.asarray(X).dtype == np.float32 else np.float64
@@ -103,7 +111,7 @@ class MultiTaskProblem:
         sup ℓ'' · ‖X_i‖₂²/s + reg."""
         if self._L is None:
             sq = np.linalg.norm(self.X.astype(np.float64), ord=2, axis=(1, 2)) ** 2
-            self._L = curvature_bound(self._model) * float(sq.max()) / self.shots + self.reg
+            self._L = MODELS[self.model].curvature * float(sq.max()) / self.shots + self.reg
         return self._L
 
     def meta_value(self, theta, steps, step_size):
@@ -120,26 +128,48 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
                        q=None, meta_batch=None, seed=0, check_step=True):
     """Meta-gradient of M(θ) over a meta-batch of tasks (UFO-BLO Alg. 1's b/v).
 
-    method : ``reverse`` (Alg. 4: r stored states per task), ``recompute``
-        (Alg. 5: O(dim θ) memory, O(r²) steps), ``first_order`` (FO-BLO, Alg. 2:
-        ∇L^out(φ_r), biased), ``ufo`` (Alg. 3: FO-BLO plus, with probability q,
-        (exact − FO)/q with the exact term by ``recompute``: unbiased).
-    steps : r ≥ 0. step_size : α > 0 (default 1/L, L = ``problem.lipschitz()``).
-    q : float in (0, 1], for ``ufo`` (default min(1, 1/r): with q ∝ 1/r the
-        expected cost stays O(r), UFO-BLO Cor. 1).
-    meta_batch : tasks per estimate (default all, in order); drawn without
-        replacement from ``seed`` otherwise.
-    seed : fixes the meta-batch and UFO's coins.
-    check_step : refuse step_size ≥ 2/L (default True); a task whose inner
-        loss rises during the inner loop is reported as divergent either way.
+    Parameters
+    ----------
+    problem : MultiTaskProblem
+    theta : array_like, shape (d,) or (d, c)
+        θ, the learned start of every task's inner loop.
+    method : {"reverse", "recompute", "first_order", "ufo"}, default "reverse"
+        ``reverse``: UFO-BLO Alg. 4, r stored states per task.
+        ``recompute``: Alg. 5, O(dim θ) memory, O(r²) steps.
+        ``first_order``: FO-BLO, Alg. 2, ∇L^out(φ_r), biased.
+        ``ufo``: Alg. 3, FO-BLO plus, with probability q, (exact − FO)/q
+        with the exact term by ``recompute``: unbiased.
+    steps : int ≥ 0, default 10
+        r, inner GD steps per task.
+    step_size : float > 0, optional
+        α; default 1/L with L = ``problem.lipschitz()``.
+    q : float in (0, 1], optional
+        For ``ufo``; default min(1, 1/r): with q ∝ 1/r the expected cost
+        stays O(r) (UFO-BLO Cor. 1).
+    meta_batch : int ≥ 1, optional
+        Tasks per estimate; default all, in order. Otherwise drawn without
+        replacement from ``seed``.
+    seed : int in [0, 2^63), default 0
+        Fixes the meta-batch and UFO's coins.
+    check_step : bool, default True
+        Refuse step_size ≥ 2/L before running; a task whose inner loss rises
+        during the inner loop is reported as divergent either way.
 
-    ``reverse`` holds r states per task of the meta-batch running at once;
-    it is refused when that exceeds ``config.MAX_TRAJECTORY_BYTES``. Ctrl-C
-    stops a run at its next inner step (KeyboardInterrupt).
+    Returns
+    -------
+    HypergradientResult
+        ``grad`` (shape of θ); ``value`` (mean test loss of the meta-batch
+        at φ_r); ``w`` None; ``stats`` (tasks, corrections, train_steps,
+        time_s, ...).
 
-    Returns a HypergradientResult: ``grad`` (shape of θ), ``value`` (mean
-    test loss of the meta-batch at φ_r), ``w`` None, ``stats`` (tasks,
-    corrections, train_steps, time_s, ...).
+    Raises
+    ------
+    ValueError
+        On invalid input, a diverging inner loop, or when ``reverse`` would
+        hold more than ``config.MAX_TRAJECTORY_BYTES`` (r states per task
+        of the meta-batch running at once).
+
+    Ctrl-C stops a run at its next inner step (KeyboardInterrupt).
     """
     t0 = time.perf_counter()
     if not isinstance(problem, MultiTaskProblem):

@@ -1,4 +1,4 @@
-"""Outer drivers: minimize Φ(λ) = f(w_T(λ)) over λ (DESIGN §5; thesis Alg. 1
+"""Outer drivers: minimize Φ(λ) = f(w_T(λ)) over λ (docs/math.md §7; thesis Alg. 1
 and 2), with warm starts of w (and of v for ``implicit``) between outer
 iterations, bounds on λ, a callback and a history."""
 import math
@@ -68,9 +68,22 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
         (``tol_schedule``); a step that raises the outer value by more than
         ε_k is rejected (λ reverts, the step size halves), an accepted one
         grows the step size by 5%. Uses ``method="implicit"``.
-    iters : int ≥ 1, lr : float > 0
-    decay : None or "sqrt"
-        η_k = lr (constant) or lr/√(k+1).
+    iters : int ≥ 1, default 100
+        Outer iterations.
+    lr : float > 0, default 0.1
+        Outer step size η (δ for ``fsla``; HOAG's initial step).
+    decay : {None, "sqrt"}, optional
+        For sgd, adam and nesterov: η_k = lr (constant) or lr/√(k+1).
+    outer_momentum : float in [0, 1), optional
+        For nesterov: β (default 0.9).
+    betas : (float, float) in [0, 1), optional
+        For adam: (β₁, β₂) (default (0.9, 0.999)).
+    tol_schedule : {"exponential", "quadratic", "cubic"}, optional
+        For hoag: how ε_k falls (default "quadratic").
+    tol0 : float > 0, optional
+        For hoag: ε_0 (default 1e-2).
+    max_inner_steps : int ≥ 1, optional
+        For hoag: inner steps per outer iteration at most (default 10000).
     bounds : (low, high), optional
         λ is clipped to [low, high] after every update (scalars or arrays).
     warm_start : bool
@@ -80,6 +93,9 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
         Called after every hypergradient; returning True stops.
     **hypergradient_kw
         Passed on (solver, steps, step_size, K, tol, linear_solver, ...).
+
+    Every keyword that the method or outer update does not use is refused
+    before anything runs (:class:`fastbilevel._params.ParameterError`).
 
     Returns
     -------

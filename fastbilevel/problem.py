@@ -1,42 +1,19 @@
-"""BilevelProblem: validated data, models and hyperparameter maps (DESIGN §2)."""
+"""BilevelProblem: validated data, models and hyperparameter maps (docs/math.md §1-3)."""
 import warnings
 
 import numpy as np
 
 from . import _checks
-from ._parallel import nchunks
 from . import kernels as K
-from .kernels._rowmath import curvature_bound
-
-MODELS = {"linear": K.LINEAR, "logistic": K.LOGISTIC, "multinomial": K.MULTINOMIAL}
-HYPERS = {"sample_weights": K.SAMPLE_WEIGHTS, "feature_l2": K.FEATURE_L2,
-          "l2": K.L2, "biased_l2": K.BIASED_L2, "init": K.INIT}
-_DEFAULT_REG = {"sample_weights": 1e-3, "init": 1e-3, "biased_l2": 1.0}
-
-
-def _sigmoid(x):
-    """σ(x) elementwise without overflow."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-class HyperParams:
-    """λ translated into what the kernels take: per-sample weights ``a`` and
-    σ'(λ) ``da`` (empty unless ``sample_weights``), the per-feature ridge
-    diagonal ``rdiag`` (length d), the prior ``P`` (c, d) of ``biased_l2``
-    (shape (0, 0) otherwise) and the start ``W0`` of ``init`` (else None)."""
-
-    __slots__ = ("a", "da", "rdiag", "prior", "W0")
-
-    def __init__(self, a, da, rdiag, prior, W0):
-        self.a, self.da, self.rdiag, self.prior, self.W0 = a, da, rdiag, prior, W0
+from ._parallel import nchunks
+from ._registry import MAPS, MODELS, HyperParams  # noqa: F401 (HyperParams: public type)
 
 
 class BilevelProblem:
     """A bilevel problem min_λ f(ŵ(λ)), ŵ(λ) from an inner solver on g(·, λ).
 
     g(w, λ) = (1/n) Σ_i a_i(λ) ℓ(x_iᵀw; y_i) + r(w, λ),
-    f(w)    = (1/m) Σ_j ℓ(x̃_jᵀw; ỹ_j)               (DESIGN §2)
+    f(w)    = (1/m) Σ_j ℓ(x̃_jᵀw; ỹ_j)               (docs/math.md §1)
 
     Parameters
     ----------
@@ -58,7 +35,9 @@ class BilevelProblem:
         Iterates and accumulators are always float64; float32 halves the
         bytes read per pass.
     n_classes : int, optional
-        Number of classes c for ``multinomial`` (default: largest label + 1).
+        Number of classes c for ``multinomial``. Default: the number of
+        classes in y, whose labels must then be 0..c−1 with every class
+        present (a label that skips classes is refused).
 
     Weights ``w`` are arrays of shape (d,) (linear, logistic) or (d, c)
     (multinomial). λ has shape (n,), (d,), () , w's shape, w's shape for the
@@ -68,9 +47,10 @@ class BilevelProblem:
     def __init__(self, model, hyper, X, y, X_val, y_val, reg=None, dtype=None,
                  n_classes=None):
         self.model = _checks.check_choice("model", model, MODELS)
-        self.hyper = _checks.check_choice("hyper", hyper, HYPERS)
-        self._model = MODELS[model]
-        self._hyper = HYPERS[hyper]
+        self.hyper = _checks.check_choice("hyper", hyper, MAPS)
+        self._model = MODELS[model].code
+        self._map = MAPS[hyper]
+        self._hyper = self._map.code
         dt = _checks.check_dtype("dtype", dtype)
         Xd, ip, ix, xd, sparse, (n, d) = _checks.check_data("X", X, dt)
         self.dtype = (Xd if Xd is not None else xd).dtype
@@ -85,11 +65,11 @@ class BilevelProblem:
         self.y = _checks.check_labels("y", y, n, model)
         self.y_val = _checks.check_labels("y_val", y_val, m, model)
         self.c = _checks.check_n_classes(model, n_classes, self.y, self.y_val)
-        if hyper in _DEFAULT_REG:
+        if self._map.default_reg is not None:
             if reg is None:
-                reg = _DEFAULT_REG[hyper]
-            low_incl = hyper != "biased_l2"
-            self.reg = _checks.check_scalar("reg", reg, low=0.0, low_inclusive=low_incl)
+                reg = self._map.default_reg
+            self.reg = _checks.check_scalar("reg", reg, low=0.0,
+                                            low_inclusive=self._map.reg_may_be_zero)
         else:
             if reg is not None:
                 warnings.warn(f"reg is unused by hyper={hyper!r} (the strength is e^λ)",
@@ -105,8 +85,7 @@ class BilevelProblem:
 
     @property
     def lam_shape(self):
-        return {"sample_weights": (self.n,), "feature_l2": (self.d,), "l2": (),
-                "biased_l2": self.w_shape, "init": self.w_shape}[self.hyper]
+        return self._map.lam_shape(self)
 
     @property
     def dim_w(self):
@@ -131,29 +110,11 @@ class BilevelProblem:
         if self.hyper == "l2" and arr.shape == (1,):
             arr = arr.reshape(())
         lam = _checks.check_vector("lam", arr, shape)
-        d, c = self.d, self.c
-        empty = np.empty(0)
-        no_prior = np.empty((0, 0))
-        h = self.hyper
-        if h == "sample_weights":
-            return HyperParams(_sigmoid(lam), _sigmoid(lam) * _sigmoid(-lam),
-                               np.full(d, self.reg), no_prior, None)
-        if h in ("feature_l2", "l2"):
-            with np.errstate(over="ignore"):
-                rd = np.exp(lam) * np.ones(d)
-            if not np.all(np.isfinite(rd)):
-                raise ValueError("lam is too large: e^lam overflows")
-            return HyperParams(empty, empty, rd, no_prior, None)
-        Lw = np.ascontiguousarray(lam.reshape(d, c).T)
-        if h == "biased_l2":
-            return HyperParams(empty, empty, np.full(d, self.reg), Lw, None)
-        return HyperParams(empty, empty, np.full(d, self.reg), no_prior, Lw)
+        return self._map.kernel_params(self, lam)
 
     def _lam_out(self, h):
         """Kernel-order flat hypergradient → shape of λ."""
-        if self.hyper in ("biased_l2", "init"):
-            return h.reshape(self.c, self.d).T.reshape(self.lam_shape).copy()
-        return h.reshape(self.lam_shape).copy()
+        return self._map.from_kernel_order(self, h)
 
     # ---------------------------------------------------------------- oracles
     def _pass(self, data, y, a, W, V, want_grad, want_hvp, cross=None):
@@ -264,7 +225,7 @@ class BilevelProblem:
         hp = self._lam_in(lam)
         amax = float(hp.a.max()) if hp.a.shape[0] else 1.0
         spread = self.max_row_sq_norm() if per_sample else self.data_sq_norm()
-        return curvature_bound(self._model) * amax * spread + float(hp.rdiag.max())
+        return MODELS[self.model].curvature * amax * spread + float(hp.rdiag.max())
 
     def __repr__(self):
         fmt = "csr" if self.sparse else "dense"

@@ -182,9 +182,7 @@ def numpy_fsla(problem, lam0, iters, delta, c_tau, c_beta, c_eta, batch_size, ou
     :func:`fastbilevel.fsla` (no bounds): returns (λ, w, v) after ``iters``."""
     p = problem
     B = _Batched(p)
-    to_k = (lambda x: np.asarray(x, float).reshape(p.d, p.c).T.ravel()) \
-        if p.hyper == "biased_l2" else (lambda x: np.array(x, float).ravel())
-    lam = to_k(lam0)
+    lam = p._map.to_kernel_order(p, lam0)
     pub = lambda lk: p._lam_out(lk)
     W = np.zeros((p.d, p.c))
     est = lambda prm, W, V, st: -B.cross(prm, W, V, batch(seed, STREAM_G, st, p.n, cross_batch,

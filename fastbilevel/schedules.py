@@ -10,8 +10,8 @@ keep only w_0, recompute w_t from it for every reverse step (UFO-BLO Alg. 5).
 import numpy as np
 from numba import njit
 
-from .kernels.unroll import (ADV, ADV_STORE, FINISH, INIT_ADJ, RESTORE,  # noqa: F401
-                             REV_BUF, REV_STATE, SNAP)
+from ._codes import (ADV, ADV_STORE, FINISH, INIT_ADJ, RESTORE, REV_BUF,  # noqa: F401
+                     REV_STATE, SNAP)
 
 
 class Schedule:

@@ -65,28 +65,51 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
 
     Parameters
     ----------
-    steps : int ≥ 0 — D. step_size : float > 0 — the SGD step α (default
-        1/L with the per-sample bound L of ``problem.lipschitz``).
-    Q : int ≥ 0 — Neumann terms. eta : float > 0 — η (default 1/L,
-        per-sample bound; Prop. 3 needs η ≤ 1/L).
-    batch_size : int — |S_t| (default min(n, 128)); also the default of
-        ``outer_batch`` (capped at m) and ``cross_batch``.
-    hessian_batch : float > 0 — B of Prop. 3 (default batch_size/Q, so the
-        largest Hessian batch is ``batch_size``); see
-        :func:`hessian_batch_sizes` for ``hessian_schedule`` ("decay" or
-        "uniform"); ``hessian_sizes`` (Q integers) overrides both.
-    replace : bool — draw batches with replacement (default without).
-    seed : int in [0, 2^63) — fixes every batch (bit-identical on any
-        thread count).
-    check_step : bool — refuse step_size or eta ≥ 2/L (L of the full
-        objective: a necessary condition) before running (default True).
+    problem : BilevelProblem
+        Any map but ``init`` (the implicit hypergradient of a learned start
+        is zero).
+    lam : array_like, shape ``problem.lam_shape``
+    steps : int ≥ 0, default 10
+        D, the minibatch SGD steps.
+    step_size : float > 0, optional
+        The SGD step α; default 1/L with L the per-sample bound of
+        ``problem.lipschitz(lam, per_sample=True)``.
+    w0 : array_like, shape of w, optional
+        Warm start of the SGD (default 0).
+    Q : int ≥ 0, default 10
+        Neumann terms.
+    eta : float > 0, optional
+        η of the Neumann series; default 1/L with the per-sample L (Prop. 3
+        needs η ≤ 1/L).
+    batch_size : int ≥ 1, optional
+        |S_t|; default min(n, 128). Also the default of ``outer_batch``
+        (capped at m) and of ``cross_batch``.
+    hessian_batch : float > 0, optional
+        B of Prop. 3; default batch_size/Q, so that the largest Hessian
+        batch has ``batch_size`` rows.
+    hessian_schedule : {"decay", "uniform"}, default "decay"
+        Sizes of the Hessian batches (see :func:`hessian_batch_sizes`).
+    hessian_sizes : sequence of Q ints ≥ 1, optional
+        Explicit Hessian batch sizes; overrides the two above.
+    outer_batch : int ≥ 1, optional
+        |D_F|, validation rows of v₀ and of the returned value.
+    cross_batch : int ≥ 1, optional
+        |D_G|, training rows of the cross term (``sample_weights`` only).
+    replace : bool, default False
+        Draw batches with replacement.
+    seed : int in [0, 2^63), default 0
+        Fixes every batch (bit-identical on any thread count).
+    check_step : bool, default True
+        Refuse ``step_size`` or ``eta`` ≥ 2/L (L of the full objective: a
+        necessary condition) before running.
 
     Returns
     -------
-    HypergradientResult — ``grad`` the estimate, ``w`` ŵ (pass it back as
-    ``w0`` to warm-start the next call), ``value`` F(ŵ; D_F) (the
-    validation loss on the D_F batch), ``stats`` with ``rows_sampled``
-    (training rows read), ``val_rows``, ``hessian_sizes``, ``passes``.
+    HypergradientResult
+        ``grad`` the estimate; ``w`` ŵ (pass it back as ``w0`` to
+        warm-start the next call); ``value`` F(ŵ; D_F), the validation loss
+        on the D_F batch; ``stats`` with ``rows_sampled`` (training rows
+        read), ``val_rows``, ``hessian_sizes`` and ``passes``.
     """
     t0 = time.perf_counter()
     _checks.check_problem(problem, (BilevelProblem,))
@@ -160,25 +183,49 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
 
     Parameters
     ----------
-    iters : int ≥ 1 — iterations. delta : float > 0 — δ, the λ step scale.
-    c_tau, c_beta, c_eta : float > 0, optional — default so that the first
-        inner and v steps are 1/L (L the per-sample smoothness bound of g at
-        λ0: a step every minibatch loss tolerates) and η_0 = 1 (the first
-        momentum is the plain estimate): c_τ = c_β = 1/(Lδ), c_η = 1/δ.
-    batch_size : int — rows of ξ_1 and ξ_3 (default min(n, 128)); also the
-        default of ``cross_batch`` (ξ_5); ``outer_batch`` (ξ_2, validation
-        rows) defaults to min(m, batch_size).
-    replace, seed : as in :func:`stocbio`.
-    bounds : (low, high), optional — λ is clipped after every update.
-    w0 : start of ω (default 0).
-    eval_every : int ≥ 1 — a history row (with the full validation loss
-        f(ω_k), whose pass is not counted in ``time_s``) every this many
-        iterations, and the callback is called then.
-    callback : callable(k, lam, w) -> bool, optional; True stops.
+    problem : BilevelProblem
+        Any map but ``init``.
+    lam0 : array_like, shape ``problem.lam_shape``
+        Start of λ.
+    iters : int ≥ 1, default 1000
+        Iterations.
+    delta : float > 0, default 0.1
+        δ, the scale of the λ step α_k = δ/√(k+1).
+    c_tau : float > 0, optional
+        Inner step τ_k = c_τ α_k; default 1/(Lδ), so that the first inner
+        step is 1/L with L the per-sample smoothness bound of g at λ0 (a
+        step every minibatch loss tolerates).
+    c_beta : float > 0, optional
+        v-state step β_k = c_β α_k; default 1/(Lδ) likewise.
+    c_eta : float > 0, optional
+        STORM weight η_k = min(1, c_η α_k); default 1/δ, so that η₀ = 1 (the
+        first momentum is the plain estimate).
+    batch_size : int ≥ 1, optional
+        Rows of ξ₁ and ξ₃; default min(n, 128). Also the default of
+        ``cross_batch``.
+    outer_batch : int ≥ 1, optional
+        Validation rows of ξ₂; default min(m, batch_size).
+    cross_batch : int ≥ 1, optional
+        Training rows of ξ₅ (the cross term).
+    replace : bool, default False
+        Draw batches with replacement.
+    seed : int in [0, 2^63), default 0
+        Fixes every batch (bit-identical on any thread count).
+    bounds : (low, high), optional
+        λ is clipped to [low, high] after every update.
+    w0 : array_like, shape of w, optional
+        Start of ω (default 0).
+    eval_every : int ≥ 1, default 50
+        A history row, with the full validation loss f(ω_k) (its pass is
+        not counted in ``time_s``), every this many iterations; the callback
+        is called then.
+    callback : callable(k, lam, w) -> bool, optional
+        Returning True stops.
 
     Returns
     -------
-    MinimizeResult (``v`` is the final v-state; ``last`` None).
+    MinimizeResult
+        ``v`` is the final v-state; ``last`` is None.
     """
     _checks.check_problem(problem, (BilevelProblem,))
     if problem.hyper == "init":
@@ -200,8 +247,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
                                                                  low_inclusive=False)
     hp = problem._lam_in(lam)
     # kernel-order λ and bounds (the order of the hypergradient vector h)
-    to_k = (lambda x: np.ascontiguousarray(np.asarray(x, float).reshape(problem.d, problem.c).T)
-            .ravel()) if problem.hyper == "biased_l2" else (lambda x: np.array(x, float).ravel())
+    to_k = lambda x: problem._map.to_kernel_order(problem, x)  # noqa: E731
     lk = to_k(lam)
     lo, hi = (to_k(bnd[0]), to_k(bnd[1])) if bnd is not None else (np.empty(0), np.empty(0))
     W = np.zeros((problem.c, problem.d)) if w0 is None else problem._w_in("w0", w0)

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 
 import fastbilevel as fb
 import naive
-from conftest import make_problem
+from conftest import make_problem, same_output_on_1_and_2_threads
 
 LINEAR_SOLVERS = ["cg", "neumann", "heavy_ball"]
 
@@ -136,3 +136,26 @@ def test_fsla_divergence_is_reported():
     r = fb.minimize(prob, np.array(0.0), "fsla", iters=100, c_tau=1e2, batch_size=32,
                     eval_every=100)
     assert np.isfinite(r.lam) and np.all(np.isfinite(r.w))
+
+
+_DET_SCRIPT = r"""
+import numpy as np, fastbilevel as fb
+fb.config.NCHUNKS = 2
+rng = np.random.default_rng(0)
+X = rng.standard_normal((400, 300)); y = np.sign(X[:, 0] + 0.3 * rng.standard_normal(400))
+p = fb.BilevelProblem("logistic", "feature_l2", X, y, X[:50], y[:50])
+outs = {fb.hypergradient(p, np.full(300, -1.0), "implicit", steps=20, K=30, tol=0).grad.tobytes()
+        for _ in range(8)}
+mt = fb.datasets.few_shot(n_tasks=40, shots=5, test_shots=5, d=6, seed=0).problem(reg=0.1)
+vals = {fb.hypergradient(mt, np.zeros(6), "reverse", steps=5, meta_batch=37).value
+        for _ in range(8)}
+assert len(outs) == 1 and len(vals) == 1, (len(outs), len(vals))
+print(outs.pop().hex()[:64], vals.pop().hex())
+"""
+
+
+def test_implicit_and_meta_are_bit_identical_across_runs_and_thread_counts():
+    """CG's pᵀHp and the meta-batch mean were sums written inside parallel
+    kernels, which Numba turned into reductions ordered by the threads: the
+    result changed with the thread count, and from run to run under TBB."""
+    same_output_on_1_and_2_threads(_DET_SCRIPT)

@@ -7,16 +7,8 @@ import math
 
 from numba import njit
 
-
-LINEAR = 0
-LOGISTIC = 1
-MULTINOMIAL = 2
-
-SAMPLE_WEIGHTS = 0
-FEATURE_L2 = 1
-L2 = 2
-BIASED_L2 = 3
-INIT = 4
+from .._codes import (BIASED_L2, FEATURE_L2, INIT, L2, LINEAR, LOGISTIC,  # noqa: F401
+                      MULTINOMIAL, SAMPLE_WEIGHTS)
 
 # No fast-math here: these loops over c are short, and with reassociation
 # LLVM vectorized the same softmax differently in different inlined copies
@@ -97,11 +89,6 @@ def weight_of(a, i, inv_n):
     if a.shape[0] == 0:
         return inv_n
     return a[i] * inv_n
-
-
-def curvature_bound(model):
-    """sup over z of the largest eigenvalue of ℓ''(z)."""
-    return {LINEAR: 1.0, LOGISTIC: 0.25, MULTINOMIAL: 0.5}[model]
 
 
 @njit(cache=True, inline="always")

@@ -10,7 +10,7 @@ no-ops, so user ``@njit`` code can leave it out.
 from numba import types
 from numba.extending import overload
 
-STOPPED = -2        # status of a kernel stopped by the host
+from .._codes import STOPPED  # noqa: F401  (status of a kernel stopped by the host)
 
 
 def stop_requested(ctrl):

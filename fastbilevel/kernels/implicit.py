@@ -14,22 +14,24 @@ from numba import njit
 from .control import STOPPED, report_progress, stop_requested
 from .oracles import _pass, reg_hvp_add
 
-CG = 0
-NEUMANN = 1
-HEAVY_BALL_LS = 2
-
-CONVERGED = 0
-MAX_STEPS = 1
-DIVERGED = 2
-NO_CURVATURE = 3     # CG met a direction p with pᵀHp ≤ 0
+from .._codes import (CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, MAX_STEPS,  # noqa: F401
+                      NEUMANN, NO_CURVATURE)
 
 # a solve whose residual grows past this factor of its first residual diverges
 _GROWTH = 1e6
 
 
 @njit(cache=True)
+def _dot(A, B):
+    """Σ A⊙B in a fixed order. A separate serial function: written inline in
+    a parallel kernel, the sum would become a parallel reduction whose order
+    follows the threads (and, under TBB, their scheduling)."""
+    return np.sum(A * B)
+
+
+@njit(cache=True)
 def _norm(A):
-    return math.sqrt(np.sum(A * A))
+    return math.sqrt(_dot(A, A))
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -62,7 +64,7 @@ def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
               no_cross, nchunks)
         reg_hvp_add(rdiag, x, Hx)
         if solver == CG and it > 0:
-            pHp = np.sum(p * Hx)
+            pHp = _dot(p, Hx)
             if not pHp > 0.0:
                 return v, math.sqrt(rr), it, NO_CURVATURE
             step = rr / pHp

@@ -17,10 +17,10 @@ from .control import stop_requested
 from .dense import rows_dense
 from .sampling import STREAM_COIN, STREAM_TASKS, coin, draw_rows
 
-REVERSE = 0          # UFO-BLO Alg. 4: store φ_0..φ_{r−1}
-RECOMPUTE = 1        # UFO-BLO Alg. 5: O(1) memory, O(r²) steps
-FIRST_ORDER = 2      # FO-BLO, Alg. 2: ∇L_out(φ_r)
-UFO = 3              # UFO-BLO, Alg. 3: FO + (ξ/q)(exact − FO), ξ ~ Bernoulli(q)
+from .._codes import META_FIRST_ORDER as FIRST_ORDER  # FO-BLO, Alg. 2: ∇L_out(φ_r)
+from .._codes import META_RECOMPUTE as RECOMPUTE      # UFO-BLO Alg. 5: O(1) memory, O(r²)
+from .._codes import META_REVERSE as REVERSE          # UFO-BLO Alg. 4: store φ_0..φ_{r−1}
+from .._codes import META_UFO as UFO                  # UFO-BLO Alg. 3: FO + (ξ/q)(exact − FO)
 
 _GROWTH_GD = config.DIVERGENCE_GROWTH_GD
 
@@ -132,4 +132,14 @@ def meta_gradient(Xtr, ytr, Xte, yte, model, reg, theta, r, alpha, method, q,
     for k in range(meta_batch):
         grad += outs[k]
     grad /= meta_batch
-    return vals.mean(), tasks, fired.sum(), steps.sum()
+    return _mean_in_order(vals), tasks, fired.sum(), steps.sum()
+
+
+@njit(cache=True)
+def _mean_in_order(v):
+    """Mean in index order (serial: inline in a parallel kernel it would be a
+    reduction ordered by the threads)."""
+    s = 0.0
+    for k in range(v.shape[0]):
+        s += v[k]
+    return s / v.shape[0]

@@ -1,7 +1,7 @@
 """Differentiating through the unrolled inner loop: one compiled interpreter
 runs every exact (and truncated) reverse-mode method from a list of actions.
 
-Solvers (DESIGN §3), with the state S of shape (nstate, c, d):
+Solvers (docs/math.md §5), with the state S of shape (nstate, c, d):
   gd          S = [w_t]             w_{t+1} = w_t − γ∇g(w_t)
   heavy_ball  S = [w_t, w_{t−1}]    w_{t+1} = w_t − γ∇g(w_t) + β(w_t − w_{t−1}),  w_{−1} = w_0
   agd         S = [y_t, s_t]        y_{t+1} = s_t − γ∇g(s_t);  s_{t+1} = y_{t+1} + β(y_{t+1} − y_t)
@@ -45,18 +45,8 @@ from .oracles import (_cross_add_rows, _pass, _pass_rows, reg_grad_add, reg_hvp_
                       reg_value)
 from .sampling import STREAM_INNER, draw_rows
 
-GD = 0
-HEAVY_BALL = 1
-AGD = 2
-
-ADV = 0
-ADV_STORE = 1
-SNAP = 2
-RESTORE = 3
-INIT_ADJ = 4
-REV_STATE = 5
-REV_BUF = 6
-FINISH = 7
+from .._codes import (ADV, ADV_STORE, AGD, FINISH, GD, HEAVY_BALL, INIT_ADJ,  # noqa: F401
+                      RESTORE, REV_BUF, REV_STATE, SNAP)
 
 _GROWTH = config.DIVERGENCE_GROWTH
 _GROWTH_GD = config.DIVERGENCE_GROWTH_GD
