@@ -151,7 +151,9 @@ def test_momentum_needs_strong_convexity_or_explicit_value():
     with pytest.raises(ValueError, match="needs momentum"):
         fb.hypergradient(prob, np.zeros(prob.n), solver="agd", steps=3)
     r = fb.hypergradient(prob, np.zeros(prob.n), solver="agd", steps=3, momentum=0.2)
-    assert np.all(np.isfinite(r.grad))
+    assert r.stats["momentum"] == 0.2
+    f = fb.hypergradient(prob, np.zeros(prob.n), "forward", solver="agd", steps=3, momentum=0.2)
+    assert naive.rel_err(r.grad, f.grad) < 1e-10
 
 
 def test_momentum_divergence_reported():
