@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from .kernels.control import STOPPED
+from ._codes import STOPPED
 
 __all__ = ["run_kernel", "STOPPED"]
 

@@ -7,13 +7,9 @@ import numpy as np
 from . import _checks, config, schedules
 from ._checks import (check_bytes, check_finite_result, check_step_size, resolve_momentum,
                       resolve_sampler, resolve_step_size, smoothness)
-from ._interrupt import run_kernel
-from ._parallel import fixed_nchunks, nchunks
 from ._results import HypergradientResult
-from .kernels import oracle_pass
-from .kernels.implicit import (CG, CONVERGED, DIVERGED, HEAVY_BALL_LS, NEUMANN, NO_CURVATURE,
-                               implicit_solve)
-from .kernels.unroll import AGD, GD, HEAVY_BALL, forward_mode, run_schedule, value_stride
+from ._codes import (AGD, CG, CONVERGED, DIVERGED, GD, HEAVY_BALL, HEAVY_BALL_LS, NEUMANN,
+                     NO_CURVATURE)
 from ._params import SOLVER as SOLVER_PARAMS
 from ._params import check_hypergradient_kw, refuse_unused
 from .meta import MultiTaskProblem, meta_hypergradient
@@ -211,10 +207,12 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
 
 
 def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_schedule,
-                 label, sampler=None, check_step=True):
+                 label, sampler=None, check_step=True, outer_grad=False):
     """Validate, run the schedule ``make_schedule(T)`` (forward mode when it
     is None) and package the result; ``label`` names the method in errors;
-    ``sampler`` from :func:`resolve_sampler` (None: full-batch steps)."""
+    ``sampler`` from :func:`resolve_sampler` (None: full-batch steps).
+    With ``outer_grad`` also returns ∇_w f(w_T) in the kernels' (c, d)
+    layout, from the run's own validation pass."""
     t0 = time.perf_counter()
     _checks.check_choice("solver", solver, SOLVERS)
     T = _checks.check_scalar("steps", steps, low=0, integer=True)
@@ -246,21 +244,21 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
         nslots = sched.nslots
     gvals = np.zeros(max(1, min(T, config.MAX_INNER_VALUES)))
     h = np.zeros(problem.dim_lam)
-    args = (*problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper,
-            hp.rdiag, hp.prior, *problem.val, problem.y_val, code, gamma, beta, W0, T)
-    nch = nchunks() if sampler is None else fixed_nchunks()
+    be = problem.backend
+    args = (problem.train, hp.a, hp.da, problem._model, problem._hyper, hp.rdiag, hp.prior,
+            problem.val, code, gamma, beta, W0, T)
+    nch = be.nchunks() if sampler is None else be.fixed_nchunks()
     if make_schedule is None:
-        WT, value, status, counts = run_kernel(forward_mode, *args, gvals, h, nch, sampler)
+        WT, value, status, counts, GF = be.forward_mode(*args, gvals, h, nch, sampler)
         passes = T * problem.dim_lam  # dim λ ≥ 1 (l2 has shape ())
     else:
-        WT, value, status, counts = run_kernel(run_schedule, *args, sched.actions,
-                                               sched.nslots, sched.buf_len, gvals, h, nch,
-                                               sampler)
+        WT, value, status, counts, GF = be.run_schedule(*args, sched.actions, sched.nslots,
+                                                        sched.buf_len, gvals, h, nch, sampler)
         passes = int(counts[0] + counts[1])
     if status >= 0:
         _raise_divergence(problem, lam, gamma, gvals[0], value, status, sampler is not None)
     check_finite_result(label, value, h, WT)
-    stride = value_stride(T, gvals.shape[0])
+    stride = max(1, -(-T // gvals.shape[0]))      # as the kernel's value_stride
     stats = {
         "method": None, "solver": solver, "steps": T, "step_size": gamma, "momentum": beta,
         "time_s": time.perf_counter() - t0,
@@ -277,7 +275,8 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     if sampler is not None:
         stats.update(batch_size=int(sampler[0]), replace=bool(sampler[1]),
                      seed=int(sampler[2]), rows_sampled=int(counts[0] + counts[1]) * int(sampler[0]))
-    return HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
+    r = HypergradientResult(problem._lam_out(h), float(value), problem._w_out(WT), stats)
+    return (r, GF) if outer_grad else r
 
 
 def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False):
@@ -357,14 +356,12 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, linear_so
     _checks.check_choice("linear_solver", linear_solver, LINEAR_SOLVERS)
     K = 100 if K is None else _checks.check_scalar("K", K, low=0, integer=True)
     tol = 1e-10 if tol is None else _checks.check_scalar("tol", tol, low=0.0)
-    r = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
-                     schedules.inner_only, "implicit", sampler, check_step)
+    r, b = _run_actions(problem, lam, solver, steps, step_size, w0, momentum,
+                        schedules.inner_only, "implicit", sampler, check_step,
+                        outer_grad=True)    # b = ∇_w f(ŵ), from the run's last pass
     hp = problem._lam_in(lam)
     W = problem._w_in("w", r.w)
-    b = np.empty_like(W)
-    nch = nchunks()
-    oracle_pass(*problem.val, problem.y_val, np.empty(0), problem._model, W, W, True,
-                False, b, b, np.empty(0), nch)
+    be = problem.backend
     V0 = np.zeros_like(W) if v0 is None else problem._w_in("v0", v0)
     L = smoothness(problem, lam)
     mu = problem.strong_convexity(lam)
@@ -385,10 +382,9 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, linear_so
             alpha = 4.0 / (math.sqrt(L) + math.sqrt(mu)) ** 2
             q = math.sqrt(L / mu)
             beta = ((q - 1.0) / (q + 1.0)) ** 2
-    v, resid, it, status = run_kernel(implicit_solve, *problem.train, problem.y, hp.a,
-                                      problem._model, hp.rdiag, W, b, V0,
-                                      LINEAR_SOLVERS[linear_solver], K, tol, eta, alpha,
-                                      beta, nch)
+    v, resid, it, status = be.implicit_solve(problem.train, hp.a, problem._model, hp.rdiag, W,
+                                             b, V0, LINEAR_SOLVERS[linear_solver], K, tol, eta,
+                                             alpha, beta, be.nchunks())
     if status == NO_CURVATURE:
         raise ValueError(
             f"linear_solver='cg' met a direction of zero curvature at step {it}: H(w) is "
@@ -411,7 +407,6 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, linear_so
         "residual": float(resid), "linear_steps": int(it),
         "converged": status == CONVERGED, "v": v_out,
         "hvp_passes": int(it) + 1 + extra,
-        "val_passes": st["val_passes"] + 1,
     })
     st["passes"] = st["gradient_passes"] + st["hvp_passes"]
     return HypergradientResult(grad, r.value, r.w, st)

@@ -7,13 +7,13 @@ import numpy as np
 
 from . import _checks
 from ._checks import check_bytes, check_seed
-from ._interrupt import run_kernel
+from .backend import CPU
 from ._results import HypergradientResult
-from .kernels import meta as MK
+from ._codes import META_FIRST_ORDER, META_RECOMPUTE, META_REVERSE, META_UFO
 from ._registry import MODELS
 
-META_METHODS = {"reverse": MK.REVERSE, "recompute": MK.RECOMPUTE,
-                "first_order": MK.FIRST_ORDER, "ufo": MK.UFO}
+META_METHODS = {"reverse": META_REVERSE, "recompute": META_RECOMPUTE,
+                "first_order": META_FIRST_ORDER, "ufo": META_UFO}
 
 
 def _task_array(name, A, ndim, dtype):
@@ -87,6 +87,7 @@ class MultiTaskProblem:
         self.test_shots = self.X_test.shape[1]
         self.c = _checks.check_n_classes(model, n_classes, self.y, self.y_test)
         self.reg = _checks.check_scalar("reg", reg, low=0.0)
+        self.backend = CPU
         self._L = None
 
     @property
@@ -210,8 +211,8 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
                      f"steps={r}: method='reverse' would store, over the tasks run at once,")
     Th = problem._theta_in(theta)
     G = np.empty_like(Th)
-    val, tasks, fired, tsteps = run_kernel(
-        MK.meta_gradient, problem.X, problem.y, problem.X_test, problem.y_test,
+    val, tasks, fired, tsteps = problem.backend.meta_gradient(
+        problem.X, problem.y, problem.X_test, problem.y_test,
         problem._model, problem.reg, Th, r, alpha, META_METHODS[method], q, B, seed, G)
     if not (np.all(np.isfinite(G)) and np.isfinite(val)):
         raise ValueError(f"the inner loop diverged: step_size={alpha:.4g} must be < 2/L = "

@@ -4,8 +4,9 @@ import warnings
 import numpy as np
 
 from . import _checks
-from . import kernels as K
-from ._parallel import nchunks
+from ._codes import LINEAR
+from .backend import CPU
+from .kernels.data import Data
 from ._registry import MAPS, MODELS, HyperParams  # noqa: F401 (HyperParams: public type)
 
 
@@ -56,14 +57,15 @@ class BilevelProblem:
         self.dtype = (Xd if Xd is not None else xd).dtype
         Vd, vip, vix, vxd, _, (m, _) = _checks.check_data(
             "X_val", X_val, self.dtype, like_sparse=sparse, n_features=d)
-        self.train = (Xd, ip, ix, xd)
-        self.val = (Vd, vip, vix, vxd)
         self.sparse = sparse
         self.n, self.d, self.m = n, d, m
         self.nnz = int(ip[-1]) if sparse else n * d
         self.nnz_val = int(vip[-1]) if sparse else m * d
         self.y = _checks.check_labels("y", y, n, model)
         self.y_val = _checks.check_labels("y_val", y_val, m, model)
+        self.train = Data(Xd, ip, ix, xd, self.y)
+        self.val = Data(Vd, vip, vix, vxd, self.y_val)
+        self.backend = CPU
         self.c = _checks.check_n_classes(model, n_classes, self.y, self.y_val)
         if self._map.default_reg is not None:
             if reg is None:
@@ -117,33 +119,33 @@ class BilevelProblem:
         return self._map.from_kernel_order(self, h)
 
     # ---------------------------------------------------------------- oracles
-    def _pass(self, data, y, a, W, V, want_grad, want_hvp, cross=None):
+    def _pass(self, data, a, W, V, want_grad, want_hvp, cross=None):
         G = np.empty_like(W)
         HV = np.empty_like(W)
         cross = np.empty(0) if cross is None else cross
-        v = K.oracle_pass(*data, y, a, self._model, W, V, want_grad, want_hvp,
-                          G, HV, cross, nchunks())
+        v = self.backend.oracle_pass(data, a, self._model, W, V, want_grad, want_hvp,
+                                     G, HV, cross, self.backend.nchunks())
         return v, G, HV
 
     def inner_value(self, w, lam):
         """g(w, λ)."""
         W, hp = self._w_in("w", w), self._lam_in(lam)
-        v, _, _ = self._pass(self.train, self.y, hp.a, W, W, False, False)
-        return v + K.reg_value(hp.rdiag, hp.prior, W)
+        v, _, _ = self._pass(self.train, hp.a, W, W, False, False)
+        return v + self.backend.reg_value(hp.rdiag, hp.prior, W)
 
     def inner_grad(self, w, lam):
         """∇_w g(w, λ), shape of w."""
         W, hp = self._w_in("w", w), self._lam_in(lam)
-        _, G, _ = self._pass(self.train, self.y, hp.a, W, W, True, False)
-        K.reg_grad_add(hp.rdiag, hp.prior, W, G)
+        _, G, _ = self._pass(self.train, hp.a, W, W, True, False)
+        self.backend.reg_grad_add(hp.rdiag, hp.prior, W, G)
         return self._w_out(G)
 
     def hvp(self, w, lam, v):
         """H(w)v = ∇²_ww g(w, λ) v, shape of w."""
         W, hp = self._w_in("w", w), self._lam_in(lam)
         V = self._w_in("v", v)
-        _, _, HV = self._pass(self.train, self.y, hp.a, W, V, False, True)
-        K.reg_hvp_add(hp.rdiag, V, HV)
+        _, _, HV = self._pass(self.train, hp.a, W, V, False, True)
+        self.backend.reg_hvp_add(hp.rdiag, V, HV)
         return self._w_out(HV)
 
     def cross(self, w, lam, v):
@@ -151,21 +153,21 @@ class BilevelProblem:
         W, hp = self._w_in("w", w), self._lam_in(lam)
         V = self._w_in("v", v)
         cross = np.empty(self.n if self.hyper == "sample_weights" else 0)
-        if cross.shape[0]:
-            self._pass(self.train, self.y, hp.a, W, V, False, True, cross)
+        if cross.shape[0]:      # a J·v pass: the row dots and ℓ', no H·v accumulation
+            self._pass(self.train, hp.a, W, V, False, False, cross)
         h = np.zeros(self.dim_lam)
-        K.cross_add(self._hyper, hp.rdiag, hp.da, W, V, cross, 1.0, h)
+        self.backend.cross_add(self._hyper, hp.rdiag, hp.da, W, V, cross, 1.0, h)
         return self._lam_out(h)
 
     def outer_value(self, w):
         """f(w) = (1/m) Σ_j ℓ(x̃_jᵀw; ỹ_j)."""
         W = self._w_in("w", w)
-        return self._pass(self.val, self.y_val, np.empty(0), W, W, False, False)[0]
+        return self._pass(self.val, np.empty(0), W, W, False, False)[0]
 
     def outer_grad(self, w):
         """∇_w f(w), shape of w."""
         W = self._w_in("w", w)
-        return self._w_out(self._pass(self.val, self.y_val, np.empty(0), W, W, True, False)[1])
+        return self._w_out(self._pass(self.val, np.empty(0), W, W, True, False)[1])
 
     def outer_grad_lam(self, w, lam):
         """∇_λ f(w, λ): zero, since f has no direct dependence on λ here."""
@@ -183,11 +185,11 @@ class BilevelProblem:
             Z = np.zeros_like(V)
             HV = np.empty_like(V)
             G = np.empty_like(V)
-            zero_y = np.zeros(self.n)
+            design = self.train._replace(y=np.zeros(self.n))
             est = 0.0
             for _ in range(iters):
-                K.oracle_pass(*self.train, zero_y, np.empty(0), K.LINEAR, Z, V,
-                              False, True, G, HV, np.empty(0), nchunks())
+                self.backend.oracle_pass(design, np.empty(0), LINEAR, Z, V, False, True, G, HV,
+                                         np.empty(0), self.backend.nchunks())
                 est = float(np.vdot(V, HV))
                 nrm = np.linalg.norm(HV)
                 if nrm == 0.0:
@@ -206,13 +208,13 @@ class BilevelProblem:
         """max_i ‖x_i‖² (cached)."""
         if self._max_row_sq is None:
             if self.sparse:
-                Xd, ip, ix, xd = self.train
+                ip, xd = self.train.indptr, self.train.data
                 sq = np.add.reduceat(np.asarray(xd, dtype=np.float64) ** 2, ip[:-1]) \
                     if xd.shape[0] else np.zeros(self.n)
                 sq[ip[:-1] == ip[1:]] = 0.0     # reduceat of an empty row repeats a value
                 self._max_row_sq = float(sq.max()) if self.n else 0.0
             else:
-                X = self.train[0]
+                X = self.train.X
                 self._max_row_sq = float(max(np.einsum("ij,ij->i", X, X, dtype=np.float64)
                                              .max(initial=0.0), 0.0))
         return self._max_row_sq

@@ -31,7 +31,7 @@ def _dloss(model, Z, y, U=None):
 
 
 def _matrix(data, shape):
-    X, indptr, indices, vals = data
+    X, indptr, indices, vals, _ = data
     if X is None:
         return sp.csr_matrix((vals, indices, indptr), shape=shape)
     return X

@@ -7,9 +7,7 @@ import numpy as np
 from . import _checks
 from ._checks import (check_batch, check_bounds, check_seed, check_step_size,
                       resolve_step_size, smoothness)
-from ._parallel import fixed_nchunks
 from ._results import History, HypergradientResult, MinimizeResult
-from .kernels.stochastic import fsla_run, stocbio_run
 from .problem import BilevelProblem
 
 HESSIAN_SCHEDULES = ("decay", "uniform")
@@ -148,10 +146,11 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
         hs = hessian_batch_sizes(B, Q, eta, mu, hessian_schedule, None if replace else n)
     W0 = np.zeros((problem.c, problem.d)) if w0 is None else problem._w_in("w0", w0)
     h = np.zeros(problem.dim_lam)
-    W, fval, status, counts = stocbio_run(
-        *problem.train, problem.y, hp.a, hp.da, problem._model, problem._hyper, hp.rdiag,
-        hp.prior, *problem.val, problem.y_val, W0, D, gamma, S, eta, hs, df, dg,
-        bool(replace), seed, h, fixed_nchunks())
+    be = problem.backend
+    W, fval, status, counts = be.stocbio_run(
+        problem.train, hp.a, hp.da, problem._model, problem._hyper, hp.rdiag, hp.prior,
+        problem.val, W0, D, gamma, S, eta, hs, df, dg, bool(replace), seed, h,
+        be.fixed_nchunks())
     if status >= 0:
         raise ValueError(f"step_size={gamma:.4g} makes the SGD loop diverge at step {status}; "
                          f"the per-sample smoothness of g is about L={L:.4g}, so "
@@ -262,13 +261,14 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     rows_total = 0
     spent = 0.0
     k = 0
-    nch = fixed_nchunks()
+    be = problem.backend
+    nch = be.fixed_nchunks()
     while k < iters:
         chunk = min(eval_every, iters - k)
         t0 = time.perf_counter()
-        status, counts = fsla_run(
-            *problem.train, problem.y, problem._model, problem._hyper, reg, *problem.val,
-            problem.y_val, lk, W, V, dmom, a, da, rdiag, prior, k, chunk, vals["delta"],
+        status, counts = be.fsla_run(
+            problem.train, problem._model, problem._hyper, reg, problem.val,
+            lk, W, V, dmom, a, da, rdiag, prior, k, chunk, vals["delta"],
             vals["c_tau"], vals["c_beta"], vals["c_eta"], S, bv, bc, bool(replace), seed,
             lo, hi, nch)
         spent += time.perf_counter() - t0

@@ -85,12 +85,18 @@ def test_gradient_hvp_and_cross_share_one_pass(combo):
     W, V = prob._w_in("w", w), prob._w_in("v", v)
     n = prob.n
     G1, H1, c1 = np.empty_like(W), np.empty_like(W), np.empty(n)
-    val = K.oracle_pass(*prob.train, prob.y, hp.a, prob._model, W, V, True, True, G1, H1, c1, 2)
+    val = K.oracle_pass(prob.train, hp.a, prob._model, W, V, True, True, G1, H1, c1, 2)
     G2, H2, c2 = np.empty_like(W), np.empty_like(W), np.empty(n)
-    val2 = K.oracle_pass(*prob.train, prob.y, hp.a, prob._model, W, V, True, False, G2, G2, np.empty(0), 2)
-    K.oracle_pass(*prob.train, prob.y, hp.a, prob._model, W, V, False, True, H2, H2, c2, 2)
+    val2 = K.oracle_pass(prob.train, hp.a, prob._model, W, V, True, False, G2, G2, np.empty(0), 2)
+    K.oracle_pass(prob.train, hp.a, prob._model, W, V, False, True, H2, H2, c2, 2)
     assert naive.rel_err(val, val2) < 1e-13
     for a, b in ((G1, G2), (H1, H2)):
         assert naive.rel_err(a, b) < 1e-13
     if prob.hyper == "sample_weights":
         assert naive.rel_err(c1, c2) < 1e-13
+        # a J·v pass alone (no H·v accumulation) gives the same cross bit for bit
+        c3 = np.full(n, np.nan)
+        untouched = np.full_like(W, 7.0)
+        K.oracle_pass(prob.train, hp.a, prob._model, W, V, False, False, untouched, untouched,
+                      c3, 2)
+        assert np.array_equal(c3, c2) and np.all(untouched == 7.0)

@@ -61,12 +61,12 @@ def test_minibatch_pass_equals_full_pass_on_gathered_rows(model, fmt):
     rows = np.sort(rng.integers(0, prob.n, 21)).astype(np.int64)   # with repeats
     W, V = rng.standard_normal((2, prob.c, prob.d))
     G, HV, cr = np.empty_like(W), np.empty_like(W), np.zeros(prob.n)
-    val = oracle_pass_rows(rows, *prob.train, prob.y, hp.a, prob._model, W, V, True, True,
+    val = oracle_pass_rows(rows, prob.train, hp.a, prob._model, W, V, True, True,
                            G, HV, cr, 3)
     sub = fb.BilevelProblem(model, "sample_weights", s.X[rows], s.y[rows], s.Xv, s.yv,
                             reg=prob.reg, n_classes=prob.c if model == "multinomial" else None)
     G2, HV2, cr2 = np.empty_like(W), np.empty_like(W), np.zeros(len(rows))
-    val2 = oracle_pass(*sub.train, sub.y, hp.a[rows], prob._model, W, V, True, True, G2, HV2,
+    val2 = oracle_pass(sub.train, hp.a[rows], prob._model, W, V, True, True, G2, HV2,
                        cr2, 1)
     tol = 1e-12 if fmt.endswith("64") else 1e-6
     assert val == pytest.approx(val2, rel=tol)

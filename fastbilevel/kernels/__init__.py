@@ -1,26 +1,32 @@
-"""Compiled kernels. Every function here takes arrays and scalars only and can
-be called from user ``@njit`` code (see the README for an example).
+"""Compiled kernels. Every function here takes arrays, scalars and
+:class:`Data` tuples only and can be called from user ``@njit`` code (see
+the README for an example).
 
-Data layout: ``(X, indptr, indices, data)``, either ``(X, None, None, None)``
-with X dense (n, d) C-contiguous, or ``(None, indptr, indices, data)``, a
-canonical CSR triple (``indptr`` int64, ``indices`` int32). Each layout and
+Data: ``Data(X, indptr, indices, data, y)``, either ``Data(X, None, None,
+None, y)`` with X dense (n, d) C-contiguous, or ``Data(None, indptr,
+indices, data, y)``, a canonical CSR triple (``indptr`` int64, ``indices``
+int32); ``BilevelProblem.train`` and ``.val`` are these. Each layout and
 dtype is its own compiled specialization. Weights W have shape (c, d).
 """
-from ._rowmath import (BIASED_L2, FEATURE_L2, INIT, L2, LINEAR, LOGISTIC,
-                       MULTINOMIAL, SAMPLE_WEIGHTS, sigmoid, sigmoid_prime,
-                       softplus)
-from .oracles import (cross_add, oracle_pass, reg_grad_add, reg_hvp_add,
+from .._codes import (ADV, ADV_STORE, AGD, BIASED_L2, FEATURE_L2, FINISH, GD, HEAVY_BALL,
+                      INIT, INIT_ADJ, L2, LINEAR, LOGISTIC, MULTINOMIAL, RESTORE, REV_BUF,
+                      REV_STATE, SAMPLE_WEIGHTS, SNAP, STOPPED)
+from ._rowmath import sigmoid, sigmoid_prime, softplus
+from .data import Data, csr_data, dense_data
+from .implicit import implicit_solve
+from .oracles import (cross_add, oracle_pass, oracle_pass_rows, reg_grad_add, reg_hvp_add,
                       reg_value)
-from .unroll import (ADV, ADV_STORE, AGD, FINISH, GD, HEAVY_BALL, INIT_ADJ,
-                     RESTORE, REV_BUF, REV_STATE, SNAP, forward_mode,
-                     run_schedule)
+from .unroll import forward_mode, run_schedule
 
 __all__ = [
+    "Data", "dense_data", "csr_data",
     "LINEAR", "LOGISTIC", "MULTINOMIAL",
     "SAMPLE_WEIGHTS", "FEATURE_L2", "L2", "BIASED_L2", "INIT",
     "sigmoid", "sigmoid_prime", "softplus",
-    "oracle_pass", "reg_value", "reg_grad_add", "reg_hvp_add", "cross_add",
+    "oracle_pass", "oracle_pass_rows", "reg_value", "reg_grad_add", "reg_hvp_add",
+    "cross_add",
     "GD", "HEAVY_BALL", "AGD",
     "ADV", "ADV_STORE", "SNAP", "RESTORE", "INIT_ADJ", "REV_STATE", "REV_BUF", "FINISH",
-    "run_schedule", "forward_mode",
+    "STOPPED",
+    "run_schedule", "forward_mode", "implicit_solve",
 ]

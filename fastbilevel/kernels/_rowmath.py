@@ -97,7 +97,8 @@ def row_coefs(model, yi, z, u, wi, inv_n, want_grad, want_hvp, cg, ch, cross, i,
     """From the dots z = W x_i, u = V x_i of one row: returns the weighted
     loss wi·ℓ(z) and fills the accumulation coefficients cg = wi·ℓ'(z) (if
     want_grad), ch = wi·ℓ''(z)u (if want_hvp) and cross[i] = ℓ'(z)·u/n (if
-    want_hvp and cross has rows). ``dl``, ``hu`` are scratch of length c."""
+    cross has rows: the J·v term, with or without the H·v one). ``dl``,
+    ``hu`` are scratch of length c."""
     c = z.shape[0]
     li = row_derivs(model, yi, z, u, want_hvp, dl, hu)
     if want_grad:
@@ -106,9 +107,9 @@ def row_coefs(model, yi, z, u, wi, inv_n, want_grad, want_hvp, cg, ch, cross, i,
     if want_hvp:
         for k in range(c):
             ch[k] = wi * hu[k]
-        if cross.shape[0] > 0:
-            s = 0.0
-            for k in range(c):
-                s += dl[k] * u[k]
-            cross[i] = s * inv_n
+    if cross.shape[0] > 0:
+        s = 0.0
+        for k in range(c):
+            s += dl[k] * u[k]
+        cross[i] = s * inv_n
     return wi * li

@@ -47,7 +47,7 @@ def _csr_row(indptr, indices, data, i, pos, y, a, model, W, V, want_grad, want_h
              G, HV, cross, z, u, cg, ch, dl, hu):
     """One row of a pass: dots, coefficients (cross at ``pos``), accumulation."""
     _dots_csr(indptr, indices, data, i, W, z)
-    if want_hvp:
+    if want_hvp or cross.shape[0] > 0:
         _dots_csr(indptr, indices, data, i, V, u)
     v = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad, want_hvp,
                   cg, ch, cross, pos, dl, hu)
@@ -102,7 +102,7 @@ def csr_row_coefs(indptr, indices, data, rows, lo, hi, y, a, model, W, V, want_g
     for k in range(lo, hi):
         i = rows[k]
         _dots_csr(indptr, indices, data, i, W, z)
-        if want_hvp:
+        if want_hvp or cross.shape[0] > 0:
             _dots_csr(indptr, indices, data, i, V, u)
         losses[k] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
                               want_hvp, CG[k], CH[k], cross, k, dl, hu)

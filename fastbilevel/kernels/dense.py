@@ -171,14 +171,15 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
                HV, cross):
     """Accumulate over rows lo..hi: returns Σ (a_i/n) ℓ(z_i);
     G += Σ (a_i/n) ℓ'(z_i) ⊗ x_i (if want_grad);
-    HV += Σ (a_i/n) ℓ''(z_i) u_i ⊗ x_i and cross[i] = ℓ'(z_i)·u_i / n
-    (if want_hvp; cross only when it has length n)."""
+    HV += Σ (a_i/n) ℓ''(z_i) u_i ⊗ x_i (if want_hvp); cross[i] = ℓ'(z_i)·u_i / n
+    when cross has length n (with or without want_hvp: a J·v pass alone
+    skips the HV accumulation)."""
     c = W.shape[0]
     Z, U, CG, CH, dl, hu = _block_scratch(c)
     val = 0.0
     i = lo
     while i + RB <= hi:
-        if want_hvp:  # z and u share each load of X: pairs (W[k], V[k])
+        if want_hvp or cross.shape[0] > 0:  # z and u share each load of X: (W[k], V[k])
             for k in range(c):
                 _dot8x2(X, i, W[k], V[k], Z, k, U, k)
         else:
@@ -194,7 +195,7 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
         i += RB
     for i in range(i, hi):
         _dots_dense(X, i, W, Z[0])
-        if want_hvp:
+        if want_hvp or cross.shape[0] > 0:
             _dots_dense(X, i, V, U[0])
         val += row_coefs(model, y[i], Z[0], U[0], weight_of(a, i, inv_n), inv_n,
                          want_grad, want_hvp, CG[0], CH[0], cross, i, dl, hu)
@@ -225,7 +226,7 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
             yb[r] = y[rows[k + r]]
         for r in range(nb, RB):
             Xb[r] = 0.0
-        if want_hvp:
+        if want_hvp or cross.shape[0] > 0:
             for q in range(c):
                 _dot8x2(Xb, 0, W[q], V[q], Z, q, U, q)
         else:

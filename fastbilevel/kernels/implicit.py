@@ -35,8 +35,8 @@ def _norm(A):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
-                   solver, K, tol, eta, alpha, beta, nchunks, ctrl=None):
+def implicit_solve(train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha, beta,
+                   nchunks, ctrl=None):
     """Solve H(W) v = b from v0 with at most K solver steps (K + 1 passes).
 
     Returns (v, residual ‖b − Hv‖, steps, status): status CONVERGED when
@@ -44,6 +44,7 @@ def implicit_solve(X, indptr, indices, data, y, a, model, rdiag, W, b, v0,
     residual became non-finite or grew past 1e6 times its first value,
     NO_CURVATURE when CG met a direction of non-positive curvature, or ``STOPPED`` when the
     host set ``ctrl[0]`` (``kernels.control``)."""
+    X, indptr, indices, data, y = train
     c, d = W.shape
     v = v0.copy()
     vprev = v0.copy()

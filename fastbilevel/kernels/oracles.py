@@ -206,12 +206,13 @@ def csr_batch_chunks(indptr, rows, nchunks):
 
 
 @njit(cache=True, parallel=True)
-def oracle_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
-                     want_hvp, G, HV, cross, nchunks):
+def oracle_pass_rows(rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks):
     """:func:`oracle_pass` restricted to the minibatch ``rows`` (sorted int64
     row indices, repeats allowed): the data part is (1/|B|) Σ_{i∈B} a_i ℓ(z_i)
     and ``cross`` (if of length ≥ |B|) gets ℓ'(z_i)·u_i/|B| at each batch
-    position. Only the batch's rows are read."""
+    position. Only the batch's rows are read. ``D`` is the data
+    (:class:`~fastbilevel.kernels.data.Data`)."""
+    X, indptr, indices, data, y = D
     return _pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
                       want_hvp, G, HV, cross, nchunks)
 
@@ -247,9 +248,9 @@ def _sum_buffers(buf, out):
 
 
 @njit(cache=True, parallel=True)
-def oracle_pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
-                want_hvp, G, HV, cross, nchunks):
-    """One parallel pass over the rows of X at the point W (and direction V).
+def oracle_pass(D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks):
+    """One parallel pass over the rows of the data ``D``
+    (:class:`~fastbilevel.kernels.data.Data`) at the point W (and direction V).
 
     Returns the data part of the objective, (1/n) Σ a_i ℓ(x_iᵀW; y_i), and
     overwrites, as requested, G with (1/n) Σ a_i ℓ'(z_i) ⊗ x_i, HV with
@@ -260,6 +261,7 @@ def oracle_pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
     buffer; the buffers are summed in chunk order at the end, so the result
     depends on ``nchunks`` but not on the number of threads running them.
     """
+    X, indptr, indices, data, y = D
     return _pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
                  want_hvp, G, HV, cross, nchunks)
 

@@ -18,9 +18,8 @@ _FM = set(config.FASTMATH)
 
 
 @njit(cache=True, parallel=True)
-def stocbio_run(X, indptr, indices, data, y, a, da, model, hyper, rdiag, prior,
-                Xv, ipv, ixv, dv, yv, W0, D, gamma, S, eta, hsizes, df, dg, replace,
-                seed, h, nchunks):
+def stocbio_run(train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S, eta, hsizes,
+                df, dg, replace, seed, h, nchunks):
     """One stocBiO hypergradient estimate (thesis Alg. 4 lines 3-12, Alg. 5).
 
     D SGD steps from W0 on batches S_t (|S_t| = S); v_0 = ∇_w F(ŵ; D_F)
@@ -32,6 +31,8 @@ def stocbio_run(X, indptr, indices, data, y, a, da, model, hyper, rdiag, prior,
     Returns (ŵ, F(ŵ; D_F), status, counts): status −1, or the step at which
     the SGD loop diverged; counts = [training rows read, validation rows read].
     All training passes share one call site (and compile once)."""
+    X, indptr, indices, data, y = train
+    Xv, ipv, ixv, dv, yv = val
     n = y.shape[0]
     m = yv.shape[0]
     c, d = W0.shape
@@ -158,9 +159,9 @@ def _all_finite(A):
 
 
 @njit(cache=True, parallel=True)
-def fsla_run(X, indptr, indices, data, y, model, hyper, reg, Xv, ipv, ixv, dv, yv,
-             lam, W, V, dmom, a, da, rdiag, prior, k0, iters, delta, c_tau, c_beta,
-             c_eta, b_inner, b_val, b_cross, replace, seed, lo, hi, nchunks):
+def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior, k0, iters,
+             delta, c_tau, c_beta, c_eta, b_inner, b_val, b_cross, replace, seed, lo, hi,
+             nchunks):
     """Run FSLA (Li, Gu & Huang 2022, Alg. 1) from iteration k0 for ``iters``
     iterations, updating the state (λ, ω = W, v = V, d = dmom) in place.
     ``a, da, rdiag, prior`` must hold the parameters of λ on entry (they
@@ -184,6 +185,8 @@ def fsla_run(X, indptr, indices, data, y, model, hyper, reg, Xv, ipv, ixv, dv, y
 
     Returns (status, counts): status −1, or the iteration at which the state
     stopped being finite; counts = [training rows, validation rows]."""
+    X, indptr, indices, data, y = train
+    Xv, ipv, ixv, dv, yv = val
     n = y.shape[0]
     m = yv.shape[0]
     c, d = W.shape

@@ -183,11 +183,10 @@ def _ol_rows_at(sampler, n, t, perm, out):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
-                 prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
+def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, beta, W0, T,
                  actions, nslots, buf_len, gvals, h, nchunks, sampler, ctrl=None):
     """Run an action list (see the module docstring) and return
-    (w_T, f(w_T), status, counts) where status = −1; or the step at which the
+    (w_T, f(w_T), status, counts, ∇_w f(w_T)) where status = −1; or the step at which the
     inner loop diverged (the run stops there, and the second value is g at
     that step); or ``STOPPED`` when the host set ``ctrl[0]``
     (``kernels.control``). counts = [gradient passes, HVP passes, validation
@@ -199,7 +198,10 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
 
     Every pass over the training data goes through one call site (and the
     validation pass through another): each inlined pass is a parallel loop
-    of its own to compile, so fewer sites mean a faster first call."""
+    of its own to compile, so fewer sites mean a faster first call.
+    ``train`` and ``val`` are :class:`~fastbilevel.kernels.data.Data`."""
+    X, indptr, indices, data, y = train
+    Xv, ipv, ixv, dv, yv = val
     c, d = W0.shape
     ns = n_state(solver)
     S = init_state(solver, W0)
@@ -215,6 +217,7 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     P = np.zeros((c, d))
     Q = np.zeros((c, d))
     WT = W0.copy()
+    GF = np.zeros((c, d))        # ∇_w f(w_T), kept from INIT_ADJ's validation pass
     fval = np.nan
     no_cross = np.empty(0)
     cross = np.empty(y.shape[0] if hyper == SAMPLE_WEIGHTS else 0)
@@ -250,7 +253,7 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
         nrep = 1 if op == REV_STATE else arg  # INIT_ADJ: one step past S (arg 1) or none
         for _ in range(nrep):
             if stop_requested(ctrl):
-                return WT, fval, STOPPED, counts
+                return WT, fval, STOPPED, counts, GF
             report_progress(ctrl, counts[0] + counts[1])
             # the point and direction of this pass
             if rev:
@@ -286,7 +289,7 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
                 if t == 0:
                     g0 = v
                 if _diverged(sampler, solver, v, g0):
-                    return WT, v, t, counts
+                    return WT, v, t, counts, GF
             reg_grad_add(rdiag, prior, p, G)
             if op == INIT_ADJ:
                 solver_step(solver, gamma, beta, Sn, G)
@@ -298,8 +301,9 @@ def run_schedule(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
             fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True,
                          False, P, P, no_cross, nchunks)
             counts[2] += 1
+            GF[:] = P
             Q[:] = 0.0
-    return WT, fval, -1, counts
+    return WT, fval, -1, counts, GF
 
 
 def _row_dl_axpy(X, indptr, indices, data, i, yi, model, W, coef, out):
@@ -361,8 +365,7 @@ def _ol_batch_weight(rows, j, inv_n):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
-                 prior, Xv, ipv, ixv, dv, yv, solver, gamma, beta, W0, T,
+def forward_mode(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, beta, W0, T,
                  gvals, h, nchunks, sampler, ctrl=None):
     """Forward-mode hypergradient (Shaban eq. 7): the tangents Z_t = dS_t/dλ_j,
     one per hyperparameter, follow the solver's own (linear) step with the
@@ -371,8 +374,10 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     gradient's pass (one training-pass call site, as in run_schedule).
     ``sampler`` as in run_schedule (minibatch SGD: step t's batch for all
     tangents).
-    Returns (w_T, f(w_T), status, counts) like run_schedule (``gvals``
-    and ``ctrl`` too)."""
+    Returns (w_T, f(w_T), status, counts, ∇_w f(w_T)) like run_schedule
+    (``gvals`` and ``ctrl`` too)."""
+    X, indptr, indices, data, y = train
+    Xv, ipv, ixv, dv, yv = val
     c, d = W0.shape
     m = h.shape[0]
     S = init_state(solver, W0)
@@ -387,7 +392,7 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
     perm, rbuf = _scratch(sampler, y.shape[0])
     for t in range(T):
         if stop_requested(ctrl):
-            return S[0].copy(), np.nan, STOPPED, counts
+            return S[0].copy(), np.nan, STOPPED, counts, G
         report_progress(ctrl, t)
         p = point(solver, S)
         v = 0.0
@@ -422,7 +427,7 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
         if t == 0:
             g0 = v
         if _diverged(sampler, solver, v, g0):
-            return S[0].copy(), v, t, counts
+            return S[0].copy(), v, t, counts, G
         reg_grad_add(rdiag, prior, p, G)
         solver_step(solver, gamma, beta, S, G)
     WT = S[0].copy()
@@ -435,4 +440,4 @@ def forward_mode(X, indptr, indices, data, y, a, da, model, hyper, rdiag,
             for jj in range(d):
                 s += G[k, jj] * Z[j, 0, k, jj]
         h[j] += s
-    return WT, fval, -1, counts
+    return WT, fval, -1, counts, G

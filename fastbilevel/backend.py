@@ -1,0 +1,67 @@
+"""The seam between the Python layer and the compiled work.
+
+Every module of the Python layer (problem oracles, hypergradients, implicit
+solves, stochastic estimators, meta-learning, the bench) asks its problem's
+``backend`` for a fused pass, the schedule interpreter, forward mode, an
+implicit solve, a minibatch pass or a stochastic run, and never calls
+``fastbilevel.kernels`` itself. A backend takes the data as
+:class:`~fastbilevel.kernels.data.Data` tuples and the settings as arrays
+and scalars, with the argument lists of the CPU kernels, and returns what
+they return (NumPy arrays on the host). The long runs are stoppable with
+Ctrl-C (a KeyboardInterrupt at the next step).
+
+``CPUBackend`` is Numba's ``@njit`` kernels; another backend (a GPU one)
+implements the same methods.
+"""
+from . import kernels as K
+from ._interrupt import run_kernel
+from ._parallel import fixed_nchunks, nchunks
+from .kernels import implicit as _implicit
+from .kernels import meta as _meta
+from .kernels import oracles as _oracles
+from .kernels import stochastic as _stochastic
+from .kernels import unroll as _unroll
+
+
+class CPUBackend:
+    """The compiled work on the CPU: the ``fastbilevel.kernels`` functions."""
+
+    name = "cpu"
+
+    # one pass over the data, and the regularizer's O(dim w) parts
+    oracle_pass = staticmethod(K.oracle_pass)
+    oracle_pass_rows = staticmethod(_oracles.oracle_pass_rows)
+    reg_value = staticmethod(K.reg_value)
+    reg_grad_add = staticmethod(K.reg_grad_add)
+    reg_hvp_add = staticmethod(K.reg_hvp_add)
+    cross_add = staticmethod(K.cross_add)
+
+    # chunks per pass: results depend on these counts, never on the threads
+    nchunks = staticmethod(nchunks)
+    fixed_nchunks = staticmethod(fixed_nchunks)
+
+    @staticmethod
+    def run_schedule(*args):
+        """``kernels.run_schedule``, stoppable with Ctrl-C."""
+        return run_kernel(_unroll.run_schedule, *args)
+
+    @staticmethod
+    def forward_mode(*args):
+        """``kernels.forward_mode``, stoppable with Ctrl-C."""
+        return run_kernel(_unroll.forward_mode, *args)
+
+    @staticmethod
+    def implicit_solve(*args):
+        """``kernels.implicit.implicit_solve``, stoppable with Ctrl-C."""
+        return run_kernel(_implicit.implicit_solve, *args)
+
+    @staticmethod
+    def meta_gradient(*args):
+        """``kernels.meta.meta_gradient``, stoppable with Ctrl-C."""
+        return run_kernel(_meta.meta_gradient, *args)
+
+    stocbio_run = staticmethod(_stochastic.stocbio_run)
+    fsla_run = staticmethod(_stochastic.fsla_run)
+
+
+CPU = CPUBackend()
