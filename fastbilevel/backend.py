@@ -23,6 +23,16 @@ from .kernels import stochastic as _stochastic
 from .kernels import unroll as _unroll
 
 
+def _stoppable(kernel):
+    """``kernel`` run by :func:`~fastbilevel._interrupt.run_kernel`: Ctrl-C
+    stops it at its next step."""
+    def call(*args):
+        return run_kernel(kernel, *args)
+    call.__name__ = kernel.__name__
+    call.__doc__ = f"``{kernel.__name__}``, stoppable with Ctrl-C."
+    return staticmethod(call)
+
+
 class CPUBackend:
     """The compiled work on the CPU: the ``fastbilevel.kernels`` functions."""
 
@@ -40,25 +50,10 @@ class CPUBackend:
     nchunks = staticmethod(nchunks)
     fixed_nchunks = staticmethod(fixed_nchunks)
 
-    @staticmethod
-    def run_schedule(*args):
-        """``kernels.run_schedule``, stoppable with Ctrl-C."""
-        return run_kernel(_unroll.run_schedule, *args)
-
-    @staticmethod
-    def forward_mode(*args):
-        """``kernels.forward_mode``, stoppable with Ctrl-C."""
-        return run_kernel(_unroll.forward_mode, *args)
-
-    @staticmethod
-    def implicit_solve(*args):
-        """``kernels.implicit.implicit_solve``, stoppable with Ctrl-C."""
-        return run_kernel(_implicit.implicit_solve, *args)
-
-    @staticmethod
-    def meta_gradient(*args):
-        """``kernels.meta.meta_gradient``, stoppable with Ctrl-C."""
-        return run_kernel(_meta.meta_gradient, *args)
+    run_schedule = _stoppable(_unroll.run_schedule)
+    forward_mode = _stoppable(_unroll.forward_mode)
+    implicit_solve = _stoppable(_implicit.implicit_solve)
+    meta_gradient = _stoppable(_meta.meta_gradient)
 
     stocbio_run = staticmethod(_stochastic.stocbio_run)
     fsla_run = staticmethod(_stochastic.fsla_run)
