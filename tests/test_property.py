@@ -95,7 +95,7 @@ def _same(a, b):
         for x, y in zip(a, b))
 
 
-@settings(max_examples=100, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_public_api_raises_named_errors_or_returns_finite_results(case):
