@@ -123,6 +123,36 @@ class KernelCacheLocator(caching._CacheLocator):
         return self
 
 
+def stale_cache_dirs():
+    """The cache folders of other versions or sources of the package beside
+    the current one (same root): what :func:`clear_stale` removes."""
+    current = resolved_cache_dir()
+    root = os.path.dirname(current)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in names
+            if os.path.join(root, n) != current and os.path.isdir(os.path.join(root, n))
+            and "-" in n]
+
+
+def clear_stale():
+    """Remove :func:`stale_cache_dirs`; returns (folders removed, bytes freed)."""
+    import shutil
+    removed, freed = 0, 0
+    for path in stale_cache_dirs():
+        for dirpath, _, files in os.walk(path):
+            for f in files:
+                try:
+                    freed += os.path.getsize(os.path.join(dirpath, f))
+                except OSError:
+                    pass
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed, freed
+
+
 def install():
     """Put :class:`KernelCacheLocator` first in Numba's list of locators."""
     classes = caching.CacheImpl._locator_classes

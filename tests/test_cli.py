@@ -94,3 +94,22 @@ def test_bench_stochastic_methods(tmp_path):
     for name in ("stocbio", "fsla"):
         assert rows[name]["speedup_vs_numpy"] == pytest.approx(
             rows["numpy_" + name]["median_s"] / rows[name]["median_s"])
+
+
+def test_clear_cache_removes_other_sources_only(tmp_path, monkeypatch):
+    from fastbilevel import _cache
+    root = tmp_path / "fastbilevel"
+    current = root / "0.1.0-aaaa"
+    stale = root / "0.0.9-bbbb"
+    for d in (current / "kernels", stale / "kernels"):
+        d.mkdir(parents=True)
+    (stale / "kernels" / "x.nbc").write_bytes(b"0" * 2048)
+    (current / "kernels" / "y.nbc").write_bytes(b"1" * 10)
+    monkeypatch.setattr(_cache, "_RESOLVED", [str(current)])
+    res = CliRunner().invoke(cli, ["info"])
+    assert "stale kernel caches: 1 folders" in res.output
+    res = CliRunner().invoke(cli, ["clear-cache"])
+    assert res.exit_code == 0, res.output
+    assert "removed 1 stale kernel cache folders" in res.output
+    assert not stale.exists() and (current / "kernels" / "y.nbc").exists()
+    assert "stale kernel caches" not in CliRunner().invoke(cli, ["info"]).output

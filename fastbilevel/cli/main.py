@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import scipy
 
-from .._cache import PACKAGE_DIR, resolved_cache_dir
+from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_dirs
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
                      machine_peaks, peak_rss_mb, run_bench)
@@ -101,6 +101,19 @@ def info():
                f"requested {numba.config.THREADING_LAYER!r})")
     click.echo(f"kernel cache: {resolved_cache_dir()} (keyed by the package's sources; "
                "root from NUMBA_CACHE_DIR if set)")
+    stale = stale_cache_dirs()
+    if stale:
+        click.echo(f"stale kernel caches: {len(stale)} folders of other versions or sources "
+                   "(`fastbilevel clear-cache` removes them)")
+
+
+@cli.command("clear-cache")
+def clear_cache():
+    """Remove the kernel caches of other versions or sources of fastbilevel
+    (every edit or upgrade compiles into a new folder); the current one stays."""
+    removed, freed = clear_stale()
+    click.echo(f"removed {removed} stale kernel cache folders ({freed / 2**20:.1f} MiB); "
+               f"kept {resolved_cache_dir()}")
 
 
 def _has_layer():
