@@ -256,37 +256,47 @@ def stability_bound(solver, L, beta):
     return 2.0 / L
 
 
-def check_step_size(problem, lam, gamma, solver, beta, check_step, name="step_size",
-                    label=None):
-    """Refuse a step size at or above the solver's stability bound
-    (:func:`stability_bound`) for the estimated smoothness L of the full
-    objective, unless ``check_step`` is False. For minibatch steps this is
-    a necessary condition (on a quadratic the mean of the SGD iterates
-    follows gd on the full objective), not the per-sample bound that the
-    default step size uses."""
+_BOUND_FORMULA = {"heavy_ball": "2(1+β)/L", "agd": "2(1+β)/((1+2β)L)"}
+
+
+def check_step_bound(gamma, L, solver, beta, check_step, name="step_size", label=None,
+                     what="g"):
+    """Refuse ``gamma`` at or above the solver's stability bound
+    (:func:`stability_bound`) for the smoothness L of ``what`` (a number, or
+    a callable giving it, evaluated only when the check runs), unless
+    ``check_step`` is False; the error names ``name`` and ``label`` (the
+    iteration, by default the solver)."""
     if not isinstance(check_step, (bool, np.bool_)):
         raise TypeError(f"check_step={check_step!r} must be a bool")
     if not check_step:
         return
-    L = smoothness(problem, lam)
+    L = L() if callable(L) else L
     bound = stability_bound(solver, L, beta)
     if gamma >= bound:
         raise ValueError(
             f"{name}={gamma:.4g} makes {label or f'solver={solver!r}'} diverge: the "
-            f"smoothness of g is about "
-            f"L={L:.4g}, so {name} must be < {bound:.4g}"
+            f"smoothness of {what} is about L={L:.4g}, so {name} must be < "
+            f"{_BOUND_FORMULA.get(solver, '2/L')} = {bound:.4g}"
             + ("" if solver in ("gd", "sgd") else f" (momentum={beta:.4g})")
             + f"; the default {name}=None uses 1/L. Pass check_step=False to run it anyway "
             "(L is an estimate)")
+
+
+def check_step_size(problem, lam, gamma, solver, beta, check_step, name="step_size",
+                    label=None):
+    """:func:`check_step_bound` with L the estimated smoothness of the full
+    objective at λ. For minibatch steps this is a necessary condition (on a
+    quadratic the mean of the SGD iterates follows gd on the full
+    objective), not the per-sample bound that the default step size uses."""
+    check_step_bound(gamma, lambda: smoothness(problem, lam), solver, beta, check_step, name,
+                     label)
 
 
 def resolve_momentum(problem, lam, solver, momentum):
     """β for heavy_ball and agd: the user's, or from κ = L/μ with μ the
     regularizer's strong convexity: (√κ−1)/(√κ+1) for agd (AccBiO),
     ((√κ−1)/(√κ+1))² for heavy_ball (Polyak)."""
-    if solver in ("gd", "sgd"):
-        if momentum is not None:
-            raise ValueError(f"momentum applies to solver='heavy_ball' or 'agd', not {solver!r}")
+    if solver in ("gd", "sgd"):       # the method table refuses a momentum here
         return 0.0
     if momentum is not None:
         beta = check_scalar("momentum", momentum, low=0.0)
@@ -321,9 +331,7 @@ def check_batch(name, b, n, replace):
 
 def resolve_sampler(problem, solver, batch_size, replace, seed):
     """The kernel sampler int64 [batch, replace, seed] for ``sgd``, else None."""
-    if solver != "sgd":
-        if batch_size is not None:
-            raise ValueError(f"batch_size applies to solver='sgd', not {solver!r}")
+    if solver != "sgd":               # the method table refuses a batch_size here
         return None
     b = min(problem.n, 128) if batch_size is None else \
         check_batch("batch_size", batch_size, problem.n, replace)

@@ -12,6 +12,7 @@ from ._codes import (AGD, CG, CONVERGED, DIVERGED, GD, HEAVY_BALL, HEAVY_BALL_LS
                      NO_CURVATURE)
 from ._params import SOLVER as SOLVER_PARAMS
 from ._params import check_hypergradient_kw, refuse_unused
+from .kernels.unroll import value_stride
 from .meta import MultiTaskProblem, meta_hypergradient
 from .problem import BilevelProblem
 from .stochastic import stocbio
@@ -258,7 +259,7 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     if status >= 0:
         _raise_divergence(problem, lam, gamma, gvals[0], value, status, sampler is not None)
     check_finite_result(label, value, h, WT)
-    stride = max(1, -(-T // gvals.shape[0]))      # as the kernel's value_stride
+    stride = value_stride(T, gvals.shape[0])
     stats = {
         "method": None, "solver": solver, "steps": T, "step_size": gamma, "momentum": beta,
         "time_s": time.perf_counter() - t0,

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 from . import _checks
-from ._checks import check_bytes, check_seed
+from ._checks import check_bytes, check_seed, check_step_bound
 from .backend import CPU
 from ._results import HypergradientResult
 from ._codes import META_FIRST_ORDER, META_RECOMPUTE, META_REVERSE, META_UFO
@@ -184,13 +184,8 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
                          "(with reg = 0) or too large for float64; scale X or use reg > 0")
     alpha = 1.0 / L if step_size is None else \
         _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
-    if not isinstance(check_step, (bool, np.bool_)):
-        raise TypeError(f"check_step={check_step!r} must be a bool")
-    if check_step and alpha >= 2.0 / L:
-        raise ValueError(f"step_size={alpha:.4g} makes the tasks' inner GD diverge: their "
-                         f"smoothness is about L={L:.4g}, so step_size must be < 2/L = "
-                         f"{2 / L:.4g}; the default step_size=None uses 1/L. Pass "
-                         "check_step=False to run it anyway (L is an estimate)")
+    check_step_bound(alpha, L, "gd", 0.0, check_step, label="the tasks' inner GD",
+                     what="their train losses")
     if method == "ufo":
         q = min(1.0, 1.0 / max(r, 1)) if q is None else _checks.check_scalar("q", q, low=0.0,
                                                                             low_inclusive=False)
