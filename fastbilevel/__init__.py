@@ -12,8 +12,11 @@ from .meta import MultiTaskProblem, meta_hypergradient
 from .minimize import History, MinimizeResult, minimize
 from .problem import BilevelProblem
 from .stochastic import fsla, hessian_batch_sizes, stocbio
+from .sweep import SweepResult, sweep
+from ._checks import DivergenceError
 
 __all__ = ["BilevelProblem", "hypergradient", "HypergradientResult", "solve", "plan",
            "minimize", "MinimizeResult", "History",
            "MultiTaskProblem", "meta_hypergradient", "stocbio", "fsla", "hessian_batch_sizes",
+           "sweep", "SweepResult", "DivergenceError",
            "datasets", "kernels", "config", "__version__"]

@@ -14,6 +14,12 @@ _FLOATS = (np.float32, np.float64)
 MAX_ABS_ENTRY = 1e100
 
 
+class DivergenceError(ValueError):
+    """An iteration (the inner loop, a linear solve, an outer loop) diverged
+    with the given step sizes: a ValueError that says which step to lower.
+    :func:`fastbilevel.sweep` flags such a setting instead of raising."""
+
+
 def check_problem(problem, kinds):
     """``problem`` must be an instance of one of ``kinds`` (classes); a
     built-in Dataset gets a hint to call its ``problem()``."""
@@ -344,7 +350,7 @@ def check_finite_result(label, value, *arrays):
     """Never return a non-finite result: say what to change instead."""
     if np.isfinite(value) and all(np.all(np.isfinite(a)) for a in arrays):
         return
-    raise ValueError(f"method={label!r} gave a non-finite result (outer value {value:.4g}): "
+    raise DivergenceError(f"method={label!r} gave a non-finite result (outer value {value:.4g}): "
                      "lam, w0 or the data are too large for float64 arithmetic at this "
                      "point; scale the data or start from a smaller lam/w0")
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from . import _checks, config, schedules
-from ._checks import (check_bytes, check_finite_result, check_step_size, resolve_momentum,
+from ._checks import (DivergenceError, check_bytes, check_finite_result, check_step_size, resolve_momentum,
                       resolve_sampler, resolve_step_size, smoothness)
 from ._results import HypergradientResult
 from ._codes import (AGD, CG, CONVERGED, DIVERGED, GD, HEAVY_BALL, HEAVY_BALL_LS, NEUMANN,
@@ -283,7 +283,7 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
 def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False):
     L = problem.lipschitz(lam, per_sample=minibatch)
     what = "g on a minibatch (per-sample bound)" if minibatch else "g"
-    raise ValueError(
+    raise DivergenceError(
         f"step_size={gamma:.4g} makes the inner loop diverge: g went from "
         f"{g0:.4g} to {gt:.4g} at step {t}. The smoothness of {what} is "
         f"about L={L:.4g}; gradient descent needs step_size < 2/L = {2 / L:.4g}")
@@ -393,7 +393,7 @@ def _implicit(problem, lam, solver, steps, step_size, w0, momentum, K, linear_so
             "no ridge); use reg > 0 (or a smaller lam for l2/feature_l2), or "
             "linear_solver='neumann' for a truncated series")
     if status == DIVERGED:
-        raise ValueError(
+        raise DivergenceError(
             f"linear_solver={linear_solver!r} diverged at step {it} (residual {resid:.3g}); "
             f"H has L≈{L:.4g}" + (f", so eta={eta:.4g} must be < 2/L = {2 / L:.4g}"
                                   if linear_solver == "neumann" else ""))

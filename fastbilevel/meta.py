@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 from . import _checks
-from ._checks import check_bytes, check_seed, check_step_bound
+from ._checks import DivergenceError, check_bytes, check_seed, check_step_bound
 from .backend import CPU
 from ._results import HypergradientResult
 from ._codes import META_FIRST_ORDER, META_RECOMPUTE, META_REVERSE, META_UFO
@@ -210,7 +210,7 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
         problem.X, problem.y, problem.X_test, problem.y_test,
         problem._model, problem.reg, Th, r, alpha, META_METHODS[method], q, B, seed, G)
     if not (np.all(np.isfinite(G)) and np.isfinite(val)):
-        raise ValueError(f"the inner loop diverged: step_size={alpha:.4g} must be < 2/L = "
+        raise DivergenceError(f"the inner loop diverged: step_size={alpha:.4g} must be < 2/L = "
                          f"{2 / L:.4g} (L over the tasks' train losses)")
     stats = {"method": method, "steps": r, "step_size": alpha, "q": q if method == "ufo" else None,
              "meta_batch": B, "tasks": tasks.copy(), "corrections": int(fired),

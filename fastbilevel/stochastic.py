@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from . import _checks
-from ._checks import (check_batch, check_bounds, check_seed, check_step_size,
+from ._checks import (DivergenceError, check_batch, check_bounds, check_seed, check_step_size,
                       resolve_step_size, smoothness)
 from ._results import History, HypergradientResult, MinimizeResult
 from .problem import BilevelProblem
@@ -152,11 +152,11 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
         problem.val, W0, D, gamma, S, eta, hs, df, dg, bool(replace), seed, h,
         be.fixed_nchunks())
     if status >= 0:
-        raise ValueError(f"step_size={gamma:.4g} makes the SGD loop diverge at step {status}; "
+        raise DivergenceError(f"step_size={gamma:.4g} makes the SGD loop diverge at step {status}; "
                          f"the per-sample smoothness of g is about L={L:.4g}, so "
                          f"step_size must be < 2/L = {2 / L:.4g}")
     if not np.all(np.isfinite(h)):
-        raise ValueError(f"the Neumann series diverged: eta={eta:.4g} must be <= 1/L "
+        raise DivergenceError(f"the Neumann series diverged: eta={eta:.4g} must be <= 1/L "
                          f"(L≈{L:.4g} per sample)")
     sw = problem.hyper == "sample_weights"
     stats = {
@@ -273,7 +273,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
             lo, hi, nch)
         spent += time.perf_counter() - t0
         if status >= 0:
-            raise ValueError(f"FSLA diverged at iteration {status}: lower delta={delta} "
+            raise DivergenceError(f"FSLA diverged at iteration {status}: lower delta={delta} "
                              "(or c_tau, c_beta)")
         k += chunk
         rows_total += int(counts[0])

@@ -13,6 +13,7 @@ from .._codes import (ADV, ADV_STORE, AGD, BIASED_L2, FEATURE_L2, FINISH, GD, HE
                       REV_STATE, SAMPLE_WEIGHTS, SNAP, STOPPED)
 from ._rowmath import sigmoid, sigmoid_prime, softplus
 from .data import Data, csr_data, dense_data
+from .batched import implicit_solve_multi, oracle_pass_multi, run_schedule_multi
 from .implicit import implicit_solve
 from .oracles import (cross_add, oracle_pass, oracle_pass_rows, reg_grad_add, reg_hvp_add,
                       reg_value)
@@ -29,4 +30,5 @@ __all__ = [
     "ADV", "ADV_STORE", "SNAP", "RESTORE", "INIT_ADJ", "REV_STATE", "REV_BUF", "FINISH",
     "STOPPED",
     "run_schedule", "forward_mode", "implicit_solve",
+    "oracle_pass_multi", "run_schedule_multi", "implicit_solve_multi",
 ]
