@@ -106,7 +106,7 @@ def _check_lams(problem, lams):
     return arr
 
 
-def _per_setting(name, value, B, shape=(), kind=float):
+def _per_setting(name, value, B, shape=()):
     """None, one value of ``shape`` shared by all settings, or B of them
     (leading axis B) → a list of B values (None entries when None)."""
     if value is None:
@@ -115,7 +115,7 @@ def _per_setting(name, value, B, shape=(), kind=float):
     if arr.shape == shape:
         return [value] * B
     if arr.shape == (B,) + shape:
-        return [arr[b] if shape else kind(arr[b]) for b in range(B)]
+        return [arr[b] if shape else arr[b].item() for b in range(B)]
     per = f"({B},)" if not shape else f"({B}, {', '.join(map(str, shape))})"
     raise ValueError(f"{name} has shape {arr.shape}: give one value of shape {shape} for "
                      f"every setting, or one per setting, shape {per}")
@@ -610,6 +610,9 @@ def _run_settings(problem, lams, opts):
             results[b] = one(b)
         except DivergenceError as e:
             errors[b] = e
+        except (TypeError, ValueError) as e:
+            cancel.set()
+            raise type(e)(f"setting {b} (lams[{b}]): {e}") from None
 
     workers = min(B, numba.get_num_threads()) if _threadsafe() else 1
     if workers <= 1:
