@@ -7,6 +7,7 @@ every pass reads X once (dense: n·d·itemsize; CSR: nnz·(itemsize + 4) +
 HVP pass 6·nnz·c (two dots, one accumulation). Both peaks are measured in the
 same run, on the same machine, as the timings.
 """
+import os
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ from . import config, datasets
 from ._checks import resolve_step_size
 from ._parallel import nchunks
 from .hypergrad import hypergradient, solve
-from .reference import numpy_fsla, numpy_reverse, numpy_stocbio
+from .reference import numpy_fsla, numpy_reverse, numpy_reverse_sweep, numpy_stocbio
 from .stochastic import fsla, hessian_batch_sizes, stocbio
 
 _FM = set(config.FASTMATH)
@@ -228,6 +229,100 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, **op
     return rows
 
 
+# the BLAS override of some environments (OpenBLAS pinned to an older core
+# type): the NumPy baseline of a sweep is also timed in a child process
+# without it, so that no baseline is slowed by the environment
+BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def sweep_lams(problem, B):
+    """B settings for ``--sweep``: an l2 grid from −4 to 0, or the default λ
+    plus B evenly spaced shifts in [−1, 1]."""
+    if problem.hyper == "l2":
+        return np.linspace(-4.0, 0.0, B)
+    shifts = np.linspace(-1.0, 1.0, B) if B > 1 else np.zeros(1)
+    return np.stack([default_lam(problem) + s for s in shifts])
+
+
+def run_sweep_bench(problem, B, steps, repeats, peaks, spec=None):
+    """Time a reverse-mode sweep of B settings three (or four) ways: the
+    batched kernels (``sweep``), B single ``hypergradient`` calls
+    (``singles``) and the NumPy/SciPy batched reference (``numpy_sweep``:
+    one matrix product with B columns per pass), plus, when this
+    environment overrides OpenBLAS's kernel choice and ``spec`` says how to
+    rebuild the problem, the same reference in a child process without the
+    override (``numpy_sweep_free``). One shared step size (the smallest 1/L
+    over the settings). Rows as :func:`run_bench`, with ``settings``,
+    ``settings_per_s`` (settings × steps per second) and
+    ``speedup_vs_singles``."""
+    from .sweep import sweep
+    lams = sweep_lams(problem, B)
+    gamma = min(resolve_step_size(problem, lam, None) for lam in lams)
+    b_tr, b_va = pass_costs(problem)
+    c = problem.c
+    one_flops = (4 * steps + 6 * steps) * problem.nnz * c + 4 * problem.nnz_val * c
+    calls = {
+        "sweep": lambda: sweep(problem, lams, steps=steps, step_size=gamma,
+                               strategy="rows").stats["passes"],
+        "singles": lambda: sum(hypergradient(problem, lam, steps=steps, step_size=gamma)
+                               .stats["passes"] for lam in lams),
+        "numpy_sweep": lambda: (numpy_reverse_sweep(problem, lams, steps, gamma), 2 * steps)[1],
+    }
+    rows = []
+    for name, fun in calls.items():
+        t0 = time.perf_counter()
+        passes = fun()
+        first = time.perf_counter() - t0
+        med, ts = median_time(fun, repeats)
+        rows.append(_sweep_row(problem, name, B, steps, passes, first, med, ts, b_tr, b_va,
+                               one_flops, peaks))
+    if spec is not None and any(k in os.environ for k in BLAS_OVERRIDES):
+        med = _numpy_sweep_child(dict(spec, B=B, steps=steps, repeats=repeats))
+        rows.append(_sweep_row(problem, "numpy_sweep_free", B, steps, 2 * steps, float("nan"),
+                               med, [med], b_tr, b_va, one_flops, peaks))
+    base = min(r["median_s"] for r in rows if r["method"].startswith("numpy"))
+    singles = next(r["median_s"] for r in rows if r["method"].startswith("singles"))
+    for r in rows:
+        r["speedup_vs_numpy"] = base / r["median_s"]
+        r["speedup_vs_singles"] = singles / r["median_s"]
+    return rows
+
+
+def _sweep_row(problem, name, B, steps, passes, first, med, ts, b_tr, b_va, one_flops, peaks):
+    # a batched pass reads X once for all B settings; single calls read it B times
+    nbytes = passes * b_tr + (B if name == "singles" else 1) * b_va
+    flops = B * one_flops
+    bound = max(nbytes / (peaks["read_GBps"] * 1e9), flops / (peaks["gemm_GFLOPs"] * 1e9))
+    return {"method": f"{name}[{B}]", "dtype": str(problem.dtype), "steps": steps,
+            "first_call_s": first, "median_s": med, "times_s": ts, "passes": passes,
+            "bytes": nbytes, "flops": flops, "GBps": nbytes / med / 1e9,
+            "GFLOPs": flops / med / 1e9, "roofline_s": bound, "roofline_frac": bound / med,
+            "trajectory_bytes": B * steps * problem.dim_w * 8, "settings": B,
+            "settings_per_s": B * steps / med}
+
+
+def _numpy_sweep_child(spec):
+    """Median time of ``numpy_reverse_sweep`` in a child process with the
+    BLAS override variables removed from its environment."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_OVERRIDES}
+    out = subprocess.run([sys.executable, "-m", "fastbilevel.bench", json.dumps(spec)],
+                         capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _numpy_sweep_time(spec):
+    ds = bench_dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
+    prob = ds.problem(hyper=spec["hyper"], dtype=spec["dtype"])
+    lams = sweep_lams(prob, spec["B"])
+    gamma = min(resolve_step_size(prob, lam, None) for lam in lams)
+    fun = lambda: numpy_reverse_sweep(prob, lams, spec["steps"], gamma)
+    fun()
+    return median_time(fun, spec["repeats"])[0]
+
+
 def format_table(rows):
     head = (f"{'method':<17}{'dtype':<9}{'T':>5}{'first s':>9}{'median s':>10}"
             f"{'passes':>8}{'GB/s':>8}{'GFLOP/s':>9}{'roofline':>10}{'vs numpy':>10}{'traj MB':>9}"
@@ -293,4 +388,8 @@ def _rss_child(spec):
 if __name__ == "__main__":
     import json
     import sys
-    print(*_rss_child(json.loads(sys.argv[1])))
+    _spec = json.loads(sys.argv[1])
+    if "B" in _spec:
+        print(_numpy_sweep_time(_spec))
+    else:
+        print(*_rss_child(_spec))

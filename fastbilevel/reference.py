@@ -91,6 +91,70 @@ def numpy_reverse(problem, lam, steps, step_size, w0=None, dtype=np.float64):
     return p._lam_out(h), float(value), p._w_out(W.T.astype(np.float64))
 
 
+def _dloss_settings(model, Z, y, U=None):
+    """:func:`_dloss` for B settings at once: Z, U of shape (n, B, c)."""
+    if model == "linear":
+        return Z - y[:, None, None], U
+    if model == "logistic":
+        t = -y[:, None] * Z[..., 0]
+        d = (-y[:, None] * np.exp(-np.logaddexp(0.0, -t)))[..., None]
+        if U is None:
+            return d, None
+        q = np.exp(-np.logaddexp(0.0, Z[..., 0]) - np.logaddexp(0.0, -Z[..., 0]))
+        return d, q[..., None] * U
+    P = Z - Z.max(axis=2, keepdims=True)
+    np.exp(P, out=P)
+    P /= P.sum(axis=2, keepdims=True)
+    HU = None if U is None else P * (U - np.sum(P * U, axis=2, keepdims=True))
+    P[np.arange(len(y)), :, y.astype(np.int64)] -= 1.0
+    return P, HU
+
+
+def numpy_reverse_sweep(problem, lams, steps, step_size):
+    """(grads (B, ·), values (B,)) of ``numpy_reverse`` for B settings of
+    ``l2``, ``feature_l2`` or ``sample_weights`` at once, the way a NumPy
+    user batches a sweep: the B weight vectors are the columns of one
+    (d, B·c) panel, so each pass is one matrix product with B·c (2·B·c in
+    the reverse sweep) columns. Shared step size, float64 iterates."""
+    p = problem
+    if p.hyper not in ("l2", "feature_l2", "sample_weights"):
+        raise ValueError("numpy_reverse_sweep covers hyper='l2', 'feature_l2' and "
+                         f"'sample_weights', not {p.hyper!r}")
+    B, n, d, c = len(lams), p.n, p.d, p.c
+    hps = [p._lam_in(lam) for lam in lams]
+    X = _matrix(p.train, (n, d))
+    Xv = _matrix(p.val, (p.m, d))
+    a = np.stack([hp.a for hp in hps]).T[:, :, None] if p.hyper == "sample_weights" \
+        else np.ones((n, 1, 1))
+    rd = np.stack([hp.rdiag for hp in hps]).T[:, :, None]          # (d, B, 1)
+    g = float(step_size)
+    W = np.zeros((d, B, c))
+    traj = []
+    for _ in range(steps):
+        traj.append(W)
+        D, _ = _dloss_settings(p.model, (X @ W.reshape(d, B * c)).reshape(n, B, c), p.y)
+        W = W - g * ((X.T @ (a * D).reshape(n, B * c)).reshape(d, B, c) / n + rd * W)
+    Zv = (Xv @ W.reshape(d, B * c)).reshape(p.m, B, c)
+    D, _ = _dloss_settings(p.model, Zv, p.y_val)
+    alpha = (Xv.T @ D.reshape(p.m, B * c)).reshape(d, B, c) / p.m
+    values = np.array([_outer_value(p.model, Zv[:, b], p.y_val) for b in range(B)])
+    H = np.zeros((B,) + ((n,) if p.hyper == "sample_weights" else
+                         (d,) if p.hyper == "feature_l2" else ()))
+    for Wt in reversed(traj):
+        ZU = (X @ np.concatenate([Wt, alpha], axis=2).reshape(d, 2 * B * c)).reshape(n, B, 2 * c)
+        D, HU = _dloss_settings(p.model, ZU[..., :c], p.y, ZU[..., c:])
+        HV = (X.T @ (a * HU).reshape(n, B * c)).reshape(d, B, c) / n + rd * alpha
+        if p.hyper == "sample_weights":
+            da = np.stack([hp.da for hp in hps])
+            H -= g * da * np.sum(D * ZU[..., c:], axis=2).T / n
+        elif p.hyper == "feature_l2":
+            H -= g * rd[:, :, 0].T * np.sum(Wt * alpha, axis=2).T
+        else:
+            H -= g * rd[0, :, 0] * np.sum(Wt * alpha, axis=(0, 2))
+        alpha = alpha - g * HV
+    return H, values
+
+
 def _outer_value(model, Z, y):
     if model == "linear":
         return 0.5 * np.mean((Z[:, 0] - y) ** 2)

@@ -113,3 +113,48 @@ def test_clear_cache_removes_other_sources_only(tmp_path, monkeypatch):
     assert "removed 1 stale kernel cache folders" in res.output
     assert not stale.exists() and (current / "kernels" / "y.nbc").exists()
     assert "stale kernel caches" not in CliRunner().invoke(cli, ["info"]).output
+
+
+def test_sweep_command_table_and_json_match_the_api(tmp_path):
+    out = tmp_path / "sweep.json"
+    res = CliRunner().invoke(cli, ["sweep", "--problem", "ridge", "--quick", "--lams=-3:1:5",
+                                   "-T", "8", "--no-progress", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    ds = fb.datasets.ridge(n=2000, m=500, d=200)
+    prob = ds.problem(hyper="l2")
+    want = fb.sweep(prob, np.linspace(-3, 1, 5), steps=8)
+    np.testing.assert_allclose(data["outer_value"], want.value, rtol=1e-12)
+    np.testing.assert_allclose(np.ravel(data["hypergradient"]), want.grad, rtol=1e-12)
+    assert data["best"] == want.best
+    rows = [ln for ln in res.output.splitlines() if ln[2:].strip()[:1] in "-0123456789"
+            and len(ln.split()) >= 3]
+    assert len(rows) == 5
+    starred = [ln for ln in rows if ln.startswith("*")]
+    assert len(starred) == 1 and float(starred[0].split()[1]) == np.linspace(-3, 1, 5)[want.best]
+
+
+def test_sweep_command_grid_search_and_bad_lams():
+    res = CliRunner().invoke(cli, ["sweep", "--problem", "ridge", "--quick", "--lams", "0.5,-1",
+                                   "--method", "solve", "-T", "4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "hypergradient" not in res.output and "best: v=" in res.output
+    for bad in ("1:2", "a:b:3", "0:1:0", ","):
+        res = CliRunner().invoke(cli, ["sweep", "--quick", f"--lams={bad}"])
+        assert res.exit_code == 2 and "--lams" in res.output
+
+
+def test_bench_sweep_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")   # asks for the override-free NumPy row
+    out = tmp_path / "b.json"
+    res = CliRunner().invoke(cli, ["bench", "--problem", "ridge", "--quick", "-T", "4",
+                                   "--repeats", "1", "--methods", "reverse", "--sweep", "3",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert {"sweep[3]", "singles[3]", "numpy_sweep[3]", "numpy_sweep_free[3]"} <= set(rows)
+    sw, one = rows["sweep[3]"], rows["singles[3]"]
+    assert sw["passes"] == 8 and one["passes"] == 24        # one batched pass serves 3 settings
+    assert sw["speedup_vs_singles"] == pytest.approx(one["median_s"] / sw["median_s"])
+    assert sw["flops"] == one["flops"] and sw["bytes"] < one["bytes"]
+    assert "throughput of 3 single calls" in res.output

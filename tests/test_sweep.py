@@ -219,3 +219,18 @@ def test_dask_local_cluster_equals_local_sweep(tmp_path):
     chunks = lines[0].split()
     assert chunks[0] == "2" and chunks[1] == "3"       # one chunk per worker; chunk_size=2
     assert float(lines[1]) <= 1e-12 and float(lines[2]) <= 1e-12
+
+
+@pytest.mark.parametrize("model,hyper,fmt", [("logistic", "l2", "csr32"),
+                                             ("multinomial", "sample_weights", "dense64"),
+                                             ("linear", "feature_l2", "dense64")])
+def test_numpy_batched_reference_agrees(model, hyper, fmt):
+    from fastbilevel.reference import numpy_reverse_sweep
+    prob, _ = make_problem(model, hyper, fmt)
+    lams = _lams(prob, 4)
+    gamma = 0.5 / max(prob.lipschitz(lam) for lam in lams)
+    H, values = numpy_reverse_sweep(prob, lams, 7, gamma)
+    sw = fb.sweep(prob, lams, steps=7, step_size=gamma)
+    tol = 1e-5 if fmt.endswith("32") else 1e-12     # SciPy multiplies float32 X in float32
+    assert naive.rel_err(sw.grad, H) < tol
+    assert naive.rel_err(sw.value, values) < tol

@@ -12,7 +12,7 @@ import scipy
 from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_dirs
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
-                     machine_peaks, peak_rss_mb, run_bench)
+                     machine_peaks, peak_rss_mb, run_bench, run_sweep_bench)
 
 
 @click.group()
@@ -48,8 +48,12 @@ def cli():
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the results (and machine peaks) to this JSON file.")
+@click.option("--sweep", "sweep_B", type=click.IntRange(1), default=None,
+              help="Also time a reverse sweep of B settings: batched kernels, B single calls, "
+                   "and the NumPy batched reference (also without this environment's "
+                   "OpenBLAS override, in a child process).")
 def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss, steps, dtype,
-          repeats, quick, seed, json_path):
+          repeats, quick, seed, json_path, sweep_B):
     """Time hypergradient methods on a built-in problem, with the roofline
     fraction (peak bandwidth and GEMM rate measured in the same run)."""
     meths = [m.strip() for m in methods.split(",") if m.strip()]
@@ -71,6 +75,17 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
         click.echo(f"problem: {problem} {prob}")
         opts = dict(solver=solver, momentum=momentum, snapshots=snapshots, schedule=schedule, K=K)
         new = run_bench(prob, default_lam(prob), meths, T, reps, peaks, **opts)
+        if sweep_B:
+            spec = {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
+                    "dtype": dt}
+            srows = run_sweep_bench(prob, sweep_B, T, reps, peaks, spec)
+            new += srows
+            s, one = srows[0], srows[1]
+            np_best = min(r["median_s"] for r in srows if r["method"].startswith("numpy"))
+            click.echo(f"sweep of {sweep_B} settings ({dt}): {s['settings_per_s']:.1f} "
+                       f"settings·steps/s, {one['median_s'] / s['median_s']:.2f}x the "
+                       f"throughput of {sweep_B} single calls, "
+                       f"{np_best / s['median_s']:.2f}x the best NumPy batched reference")
         if rss:
             for r in new:
                 r["rss_before_MB"], r["rss_MB"] = peak_rss_mb({"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
@@ -88,6 +103,130 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
 
 def _threads():
     return numba.get_num_threads()
+
+
+def _parse_lams(spec):
+    """"a:b:k" (k values from a to b) or "v1,v2,..." → a float64 array."""
+    try:
+        if ":" in spec:
+            a, b, k = spec.split(":")
+            k = int(k)
+            if k < 1:
+                raise ValueError
+            return np.linspace(float(a), float(b), k)
+        vals = np.array([float(v) for v in spec.split(",") if v.strip()])
+        if not vals.size:
+            raise ValueError
+        return vals
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: give START:STOP:COUNT (e.g. -6:2:64, COUNT ≥ 1) "
+                                 "or a comma-separated list of values",
+                                 param_hint="--lams") from None
+
+
+@cli.command("sweep")
+@click.option("--problem", type=click.Choice(["hypercleaning", "text", "ridge"]),
+              default="ridge", show_default=True, help="Built-in problem (fastbilevel.datasets).")
+@click.option("--hyper", type=click.Choice(["sample_weights", "feature_l2", "l2", "biased_l2",
+                                            "init"]),
+              default="l2", show_default=True,
+              help="Hyperparameter map; each setting is λ = v·1 (every entry v).")
+@click.option("--lams", "lams_spec", default="-6:2:17", show_default=True,
+              help="The values v: START:STOP:COUNT or a comma-separated list "
+                   "(write --lams=-6:2:64 for a negative start).")
+@click.option("--method", type=click.Choice(["reverse", "checkpointed", "recompute", "truncated",
+                                             "forward", "implicit", "solve"]),
+              default="reverse", show_default=True)
+@click.option("--solver", type=click.Choice(["gd", "heavy_ball", "agd"]), default="gd",
+              show_default=True)
+@click.option("--steps", "-T", type=click.IntRange(0), default=50, show_default=True)
+@click.option("--step-size", type=float, default=None, help="Shared γ [per setting 1/L].")
+@click.option("-K", "K", type=click.IntRange(0), default=None, help="truncated: reverse steps.")
+@click.option("--quick", is_flag=True, help="The small size of the problem (as bench --quick).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--scheduler", default=None,
+              help="Address of a Dask scheduler (tcp://host:8786): run the settings there "
+                   "(needs fastbilevel[distributed]).")
+@click.option("--chunk-size", type=click.IntRange(1), default=None,
+              help="Settings per kernel call [all, or split over the Dask workers].")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar over chunks [on a terminal, when tqdm is installed].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write λ values, outer values, hypergradients and flags to this file.")
+def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, quick, seed,
+              scheduler, chunk_size, progress, json_path):
+    """Hypergradients (or, with --method solve, outer values) of many settings
+    of λ at once, on a built-in problem; the best setting is marked."""
+    from ..sweep import sweep
+    values = _parse_lams(lams_spec)
+    ds = bench_dataset(problem, quick, seed, "float64")
+    prob = ds.problem(hyper=hyper)
+    lams = values.reshape((-1,) + (1,) * len(prob.lam_shape)) * np.ones(prob.lam_shape)
+    B = len(values)
+    if progress is None:
+        progress = _tty() and _has_tqdm() and B > 1
+    if progress and chunk_size is None and scheduler is None:
+        chunk_size = max(1, -(-B // 10))        # about ten steps of the bar
+    client = None
+    if scheduler:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise click.UsageError("--scheduler needs Dask: pip install "
+                                   "'fastbilevel[distributed]'") from None
+        client = Client(scheduler)
+    kw = {"K": K} if K is not None else {}
+    click.echo(f"problem: {problem} {prob}; {B} settings, method={method}, T={steps}")
+    try:
+        r = sweep(prob, lams, method=method, solver=solver, steps=steps, step_size=step_size,
+                  chunk_size=chunk_size, client=client, progress=progress, **kw)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    finally:
+        if client is not None:
+            client.close()
+    best = r.best
+    gcol = "hypergradient" if prob.lam_shape == () else "|hypergradient|"
+    click.echo(f"{'':2}{'v':>10}{'outer value':>16}" + ("" if r.grad is None else f"{gcol:>18}"))
+    for b in range(B):
+        mark = "*" if b == best else " "
+        if r.stats["diverged"][b]:
+            click.echo(f"{mark:2}{values[b]:>10.4g}{'diverged at step ' + str(r.stats['diverged_at'][b]):>34}")
+            continue
+        g = "" if r.grad is None else \
+            f"{(float(r.grad[b]) if prob.lam_shape == () else float(np.linalg.norm(r.grad[b]))):>18.6g}"
+        click.echo(f"{mark:2}{values[b]:>10.4g}{r.value[b]:>16.8g}{g}")
+    click.echo(("best: none (every setting diverged)" if best is None else
+                f"best: v={values[best]:.6g}, outer value {r.value[best]:.8g}")
+               + f"; {r.stats['time_s']:.3f} s, {r.stats['passes']} passes, "
+               f"strategy {r.stats['strategy']}")
+    if json_path:
+        out = {"problem": problem, "hyper": hyper, "method": method, "steps": steps,
+               "values": values.tolist(), "outer_value": _nan_to_none(r.value),
+               "diverged": r.stats["diverged"].tolist(), "best": best,
+               "time_s": r.stats["time_s"], "passes": r.stats["passes"]}
+        if r.grad is not None:
+            out["hypergradient"] = [_nan_to_none(np.atleast_1d(g)) for g in r.grad]
+        with open(json_path, "w") as fh:
+            json.dump(out, fh, indent=2)
+        click.echo(f"wrote {json_path}")
+
+
+def _nan_to_none(a):
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, float).ravel()]
+
+
+def _tty():
+    import sys
+    return sys.stdout.isatty()
+
+
+def _has_tqdm():
+    try:
+        import tqdm  # noqa: F401
+        return True
+    except ImportError:
+        return False
 
 
 @cli.command()

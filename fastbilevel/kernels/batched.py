@@ -25,7 +25,8 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
-from ._rowmath import INIT, SAMPLE_WEIGHTS, row_coefs
+from ._rowmath import (INIT, LINEAR, SAMPLE_WEIGHTS, row_coefs, sigmoid, sigmoid_prime,
+                       softplus)
 from .control import STOPPED, report_progress, stop_requested
 from .implicit import _GROWTH as _LS_GROWTH
 from .implicit import _dot, _norm
@@ -51,11 +52,36 @@ def _weight(A, b, i, inv_n):
 
 
 @njit(cache=True, inline="always")
+def _derivs1(model, yi, z, u, want_h):
+    """``row_derivs`` of a single-output model on scalars: (ℓ, ℓ', ℓ''u)."""
+    if model == LINEAR:
+        r = z - yi
+        return 0.5 * r * r, r, u if want_h else 0.0
+    t = -yi * z
+    return softplus(t), -yi * sigmoid(t), sigmoid_prime(z) * u if want_h else 0.0
+
+
+@njit(cache=True, inline="always")
 def _row_settings(model, yi, i, c, Z, U, A, inv_n, want_grad, want_hvp, CG, CH, cross,
                   empty, dl, hu, vals):
     """row_coefs of one row for every setting b: the logits of setting b are
-    Z[b·c:(b+1)·c]; vals[b] += its weighted loss."""
+    Z[b·c:(b+1)·c]; vals[b] += its weighted loss. Single-output models take
+    a scalar path (no array views per setting: each costs atomic refcounts)
+    with the same arithmetic."""
     B = vals.shape[0]
+    if c == 1:
+        has_cross = cross.shape[0] > 0
+        for b in range(B):
+            wi = _weight(A, b, i, inv_n)
+            li, d1, h1 = _derivs1(model, yi, Z[b], U[b], want_hvp)
+            if want_grad:
+                CG[b] = wi * d1
+            if want_hvp:
+                CH[b] = wi * h1
+            if has_cross:
+                cross[b, i] = (0.0 + d1 * U[b]) * inv_n
+            vals[b] += wi * li
+        return
     for b in range(B):
         lo = b * c
         crow = cross[b] if cross.shape[0] > 0 else empty
