@@ -9,7 +9,7 @@ from . import _parallel  # noqa: E402  (threading layer, before any parallel ker
 from . import config, datasets, kernels  # noqa: E402
 from .hypergrad import HypergradientResult, hypergradient, plan, solve
 from .meta import MultiTaskProblem, meta_hypergradient
-from .minimize import History, MinimizeResult, minimize
+from .minimize import History, MinimizeResult, MultiStartResult, minimize, minimize_many
 from .problem import BilevelProblem
 from .stochastic import fsla, hessian_batch_sizes, stocbio
 from .sweep import SweepResult, sweep
@@ -18,5 +18,5 @@ from ._checks import DivergenceError
 __all__ = ["BilevelProblem", "hypergradient", "HypergradientResult", "solve", "plan",
            "minimize", "MinimizeResult", "History",
            "MultiTaskProblem", "meta_hypergradient", "stocbio", "fsla", "hessian_batch_sizes",
-           "sweep", "SweepResult", "DivergenceError",
+           "sweep", "SweepResult", "DivergenceError", "minimize_many", "MultiStartResult",
            "datasets", "kernels", "config", "__version__"]

@@ -286,3 +286,191 @@ def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_
         _check_outer_step(problem, lam, k, lr, "hoag")
     final = prev[0] if prev is not None else lam
     return MinimizeResult(final, hist, w, v, last)
+
+
+class MultiStartResult:
+    """What :func:`minimize_many` returns: B outer loops run in lockstep.
+
+    Attributes
+    ----------
+    lam : ndarray, (B,) + λ's shape — the final λ of every start (a start
+        whose inner loop diverged keeps the λ at which it did).
+    value : ndarray (B,) — the last outer value of every start (NaN where
+        diverged).
+    histories : list of :class:`History`, one per start (``passes`` and
+        ``rows`` count the shared batched passes: each serves every start;
+        ``inner_grad_norm`` is NaN: it would cost a pass per start).
+    w : ndarray, (B,) + w's shape — the last inner solutions.
+    diverged : ndarray (B,) bool — starts stopped by a divergent inner loop.
+    """
+
+    __slots__ = ("lam", "value", "histories", "w", "diverged")
+
+    def __init__(self, lam, value, histories, w, diverged):
+        self.lam, self.value, self.histories, self.w, self.diverged = (lam, value, histories,
+                                                                       w, diverged)
+
+    @property
+    def best(self):
+        """Index of the start with the lowest last outer value (None if all
+        diverged)."""
+        ok = np.isfinite(self.value)
+        return int(np.flatnonzero(ok)[np.argmin(self.value[ok])]) if ok.any() else None
+
+    def __len__(self):
+        return len(self.histories)
+
+    def __repr__(self):
+        b = self.best
+        return (f"MultiStartResult(starts={len(self)}, best={b}"
+                + ("" if b is None else f" (value {self.value[b]:.6g})")
+                + f", diverged={int(self.diverged.sum())})")
+
+
+def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1, decay=None,
+                  outer_momentum=None, betas=None, bounds=None, warm_start=True,
+                  callback=None, **sweep_kw):
+    """:func:`minimize` from B starts at once: ``lam0`` has shape (B,) +
+    λ's shape, and the B outer loops run in lockstep, each outer iteration
+    one :func:`~fastbilevel.sweep` (the batched kernels: every pass over X
+    serves all starts). Start b follows exactly the iterates of
+    ``minimize(problem, lam0[b], ...)`` with the same arguments (to
+    rounding), with warm starts of w (and v for ``implicit``) per start.
+
+    ``method``: a method of :func:`sweep` except ``solve``; ``outer``:
+    ``sgd``, ``adam`` (default) or ``nesterov`` (``hoag``, whose accepted
+    and rejected steps differ per start, and ``fsla`` run one start at a
+    time: use :func:`minimize`). ``callback(k, lams, sweep_result)`` is
+    called after every iteration with the points of the active starts;
+    returning True stops all. A start whose inner loop diverges stops there
+    (flagged in ``diverged``); the others go on. Other keywords as in
+    :func:`minimize`, and ``strategy``, ``chunk_size``, ``client`` of
+    :func:`sweep`.
+
+    Returns
+    -------
+    MultiStartResult
+    """
+    from .sweep import _check_lams, sweep
+    _checks.check_problem(problem, (BilevelProblem,))
+    _checks.check_choice("method", method, tuple(m for m in METHODS))
+    outer = "adam" if outer is None else outer
+    if outer not in ("sgd", "adam", "nesterov"):
+        raise ValueError(f"outer={outer!r}: minimize_many runs the outer updates 'sgd', "
+                         "'adam' and 'nesterov' in lockstep; run outer='hoag' (and "
+                         "method='fsla') start by start with minimize")
+    outer_kw = {k: v for k, v in (("decay", decay), ("outer_momentum", outer_momentum),
+                                  ("betas", betas)) if v is not None}
+    refuse_unused(outer_kw, OUTER_PARAMS[outer], f"outer={outer!r}")
+    for key in ("w0", "v0"):
+        if key in sweep_kw and warm_start:
+            raise ValueError(f"{key} is managed by minimize_many when warm_start=True")
+    hg_kw = {k: v for k, v in sweep_kw.items() if k not in ("strategy", "chunk_size", "client")}
+    check_hypergradient_kw(method, hg_kw.get("solver", "gd"), hg_kw)
+    betas = (0.9, 0.999) if betas is None else betas
+    beta = _checks.check_scalar("outer_momentum", 0.9 if outer_momentum is None
+                                else outer_momentum, low=0.0)
+    if beta >= 1:
+        raise ValueError(f"outer_momentum={beta} must be < 1")
+    if decay not in (None, "sqrt"):
+        raise ValueError(f"decay={decay!r} is not None or 'sqrt'")
+    iters = _checks.check_scalar("iters", iters, low=1, integer=True)
+    lr = _checks.check_scalar("lr", lr, low=0.0, low_inclusive=False)
+    lam = _check_lams(problem, lam0).reshape((-1,) + problem.lam_shape)
+    B = lam.shape[0]
+    bnd = check_bounds(problem, bounds)
+    if bnd is not None:
+        lam = np.clip(lam, *bnd)
+    z = lam.copy()
+    m1 = np.zeros_like(lam)
+    m2 = np.zeros_like(lam)
+    hists = [History() for _ in range(B)]
+    active = np.ones(B, dtype=bool)
+    value = np.full(B, np.nan)
+    w = np.zeros((B,) + problem.w_shape)
+    v = None
+    have_w = False
+    seed = check_seed(sweep_kw.get("seed", 0))
+    passes = rows = 0
+    t0 = time.perf_counter()
+    t_cb = 0.0
+    for k in range(iters):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        kw = dict(sweep_kw)
+        for key in ("step_size", "momentum"):       # per-start values of the active starts
+            if np.ndim(kw.get(key)) == 1:
+                kw[key] = np.asarray(kw[key])[idx]
+        if method == "stocbio" or kw.get("solver") == "sgd":
+            kw["seed"] = int(derive(seed, k))
+        if warm_start and have_w and problem.hyper != "init":
+            kw["w0"] = w[idx]
+        if warm_start and v is not None and method == "implicit":
+            kw["v0"] = v[idx]
+        point = (z if outer == "nesterov" else lam)[idx]
+        r = sweep(problem, point, method, **kw)
+        passes += r.stats["passes"]
+        rows += r.stats["passes"] * problem.n
+        elapsed = time.perf_counter() - t0 - t_cb
+        g = np.zeros_like(lam)
+        for pos, b in enumerate(idx):
+            if r.stats["diverged"][pos]:
+                active[b] = False
+                value[b] = np.nan
+                continue
+            g[b] = r.grad[pos]
+            value[b] = r.value[pos]
+            w[b] = r.w[pos]
+            res = r.stats.get("residual")
+            hists[b]._append(outer_value=float(r.value[pos]),
+                             grad_norm=float(np.linalg.norm(r.grad[pos])),
+                             inner_grad_norm=math.nan,
+                             residual=math.nan if res is None else float(res[pos]),
+                             linear_steps=int(r.stats["linear_steps"][pos])
+                             if "linear_steps" in r.stats else 0,
+                             passes=passes, rows=rows, time_s=elapsed, accepted=True,
+                             tol=math.nan)
+        have_w = True
+        if method == "implicit":
+            v = np.zeros((B,) + problem.w_shape) if v is None else v
+            # the batched solve's v per start, for the next warm start
+            v[idx] = _sweep_v(problem, r)
+        if callback is not None:
+            tc = time.perf_counter()
+            stop = callback(k, point.copy(), r)
+            t_cb += time.perf_counter() - tc
+            if stop:
+                break
+        eta = lr / math.sqrt(k + 1) if decay == "sqrt" else lr
+        upd = active.copy()
+        if outer == "sgd":
+            lam[upd] = lam[upd] - eta * g[upd]
+        elif outer == "adam":
+            b1, b2 = betas
+            m1[upd] = b1 * m1[upd] + (1 - b1) * g[upd]
+            m2[upd] = b2 * m2[upd] + (1 - b2) * g[upd] * g[upd]
+            lam[upd] = lam[upd] - eta * (m1[upd] / (1 - b1 ** (k + 1))) / (
+                np.sqrt(m2[upd] / (1 - b2 ** (k + 1))) + 1e-8)
+        else:
+            new = z[upd] - eta * g[upd]
+            if bnd is not None:
+                new = np.clip(new, *bnd)
+            z[upd] = new + beta * (new - lam[upd])
+            lam[upd] = new
+        if bnd is not None:
+            lam = np.clip(lam, *bnd)
+            z = np.clip(z, *bnd)
+        if outer != "nesterov":
+            z = lam.copy()
+        for b in np.flatnonzero(upd):
+            _check_outer_step(problem, z[b], k, lr, outer)
+    return MultiStartResult(lam, value, hists, w, ~active)
+
+
+def _sweep_v(problem, r):
+    """The linear-system solutions of an implicit sweep, in w's shape."""
+    v = r.stats.get("v")
+    if v is None:
+        raise RuntimeError("the implicit sweep did not return v")
+    return v

@@ -424,7 +424,7 @@ def _concat(parts):
         return parts[0]
     st = dict(parts[0].stats)
     for k in ("diverged", "diverged_at", "step_size", "momentum", "residual",
-              "linear_steps", "converged", "linear_failed"):
+              "linear_steps", "converged", "linear_failed", "v"):
         if k in st:
             st[k] = np.concatenate([p.stats[k] for p in parts])
     nv = max(p.stats["inner_values"].shape[1] for p in parts)
@@ -539,8 +539,9 @@ def _implicit_rows(problem, lay, lams, A, DA, RD, WT, GF, status, opts, stats):
         WTs, Bv, V0, LINEAR_SOLVERS[ls], Kls, tol, etas, alphas, lbetas, H, nch)
     extra = int(its.max(initial=0)) + 1 + int(problem.hyper == "sample_weights")
     failed = (lstat == DIVERGED) | (lstat == NO_CURVATURE) | (lstat == STOPPED)
+    vpub = lay.features_out(v).transpose(0, 2, 1).reshape((B,) + problem.w_shape).copy()
     stats.update(linear_solver=ls, residual=resid, linear_steps=its,
-                 converged=lstat == CONVERGED, linear_failed=failed & alive)
+                 converged=lstat == CONVERGED, linear_failed=failed & alive, v=vpub)
     return H, extra, failed & alive
 
 
@@ -668,6 +669,8 @@ def _collect_settings(problem, lams, results, errors, opts):
     if method == "implicit":
         for k in ("residual", "linear_steps", "converged"):
             stats[k] = np.array([np.nan if r is None else r.stats[k] for r in results])
+        stats["v"] = np.stack([np.full(problem.w_shape, np.nan) if r is None else r.stats["v"]
+                               for r in results])
     return SweepResult(lams, grad, value, w, stats)
 
 

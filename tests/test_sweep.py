@@ -234,3 +234,39 @@ def test_numpy_batched_reference_agrees(model, hyper, fmt):
     tol = 1e-5 if fmt.endswith("32") else 1e-12     # SciPy multiplies float32 X in float32
     assert naive.rel_err(sw.grad, H) < tol
     assert naive.rel_err(sw.value, values) < tol
+
+
+@pytest.mark.parametrize("method,outer,fmt", [("reverse", "adam", "dense64"),
+                                              ("implicit", "sgd", "csr32"),
+                                              ("checkpointed", "nesterov", "csr32")])
+def test_minimize_many_follows_each_minimize(method, outer, fmt):
+    prob, _ = make_problem("logistic", "feature_l2", fmt)
+    lam0 = _lams(prob, 3)
+    kw = dict(method=method, outer=outer, iters=4, lr=0.2, steps=8,
+              bounds=(-5.0, 3.0))
+    many = fb.minimize_many(prob, lam0, strategy="rows", **kw)
+    assert many.diverged.tolist() == [False] * 3 and len(many) == 3
+    for b in range(3):
+        one = fb.minimize(prob, lam0[b], **kw)
+        assert naive.rel_err(many.lam[b], one.lam) < 1e-12
+        np.testing.assert_allclose(many.histories[b].outer_value, one.history.outer_value,
+                                   rtol=1e-12)
+        assert many.value[b] == pytest.approx(one.history.outer_value[-1], rel=1e-12)
+    assert many.best == int(np.argmin(many.value))
+    # one batched pass serves all starts
+    assert many.histories[0].passes[-1] == many.histories[2].passes[-1]
+
+
+def test_minimize_many_flags_a_divergent_start_and_refuses_hoag():
+    prob, _ = make_problem("linear", "l2", "dense64", n=200)
+    lam0 = np.array([0.0, -1.0])
+    L = prob.lipschitz(np.array(-1.0))
+    many = fb.minimize_many(prob, lam0, iters=3, steps=15, step_size=[0.5 / L, 3.0 / L],
+                            check_step=False, strategy="rows")
+    assert many.diverged.tolist() == [False, True]
+    assert np.isnan(many.value[1]) and len(many.histories[1]) == 0
+    assert len(many.histories[0]) == 3 and many.best == 0
+    with pytest.raises(ValueError, match="hoag.*minimize"):
+        fb.minimize_many(prob, lam0, outer="hoag", method="implicit")
+    with pytest.raises(ValueError, match="lam0|lams"):
+        fb.minimize_many(prob, np.zeros((2, 3)))
