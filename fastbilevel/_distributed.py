@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from ._chunks import chunk_bounds, progress_bar, slice_opts
+
 
 def _dask():
     try:
@@ -21,24 +23,23 @@ def _dask():
     return distributed
 
 
-def run_on_client(client, problem, lams, strat, opts, chunk_size, progress):
-    """The chunks of a sweep as Dask tasks: a list of SweepResult, in order."""
+def run_on_client(client, problem, lams, strat, opts, chunk_size, progress, run_chunk):
+    """The chunks of a sweep as Dask tasks, each ``run_chunk(problem, lams,
+    strat, opts)`` on a worker: a list of its results, in order."""
     distributed = _dask()
-    from .sweep import _chunk_bounds, _layout, _progress_bar, _slice_opts, run_chunk
     if not isinstance(client, distributed.Client):
         raise TypeError(f"client={client!r} must be a dask.distributed.Client")
     B = lams.shape[0]
     nworkers = max(1, len(client.scheduler_info().get("workers", {})))
     if chunk_size is None:
         chunk_size = math.ceil(B / nworkers)
-    _layout(problem)            # built once here, shipped with the problem
     [remote] = client.scatter([problem], broadcast=True, hash=False)
     w_ndim = len(problem.w_shape)
-    bounds = _chunk_bounds(B, chunk_size)
+    bounds = chunk_bounds(B, chunk_size)
     futures = [client.submit(run_chunk, remote, np.ascontiguousarray(lams[lo:hi]), strat,
-                             _slice_opts(opts, lo, hi, w_ndim), pure=False)
+                             slice_opts(opts, lo, hi, w_ndim), pure=False)
                for lo, hi in bounds]
-    bar = _progress_bar(progress, len(bounds), B)
+    bar = progress_bar(progress, len(bounds), B)
     try:
         if bar is not None:
             for _ in distributed.as_completed(futures):

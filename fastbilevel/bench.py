@@ -25,7 +25,7 @@ _FM = set(config.FASTMATH)
 
 # the built-in problems of ``fastbilevel bench``, the methods it times, and
 # (full size, --quick size, default T) of each problem
-PROBLEMS = ("hypercleaning", "text", "ridge", "toy")
+PROBLEMS = ("hypercleaning", "text", "ridge", "binary", "toy")
 METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
            "implicit_neumann", "implicit_hb", "solve", "numpy", "stocbio", "numpy_stocbio",
            "fsla", "numpy_fsla")
@@ -33,6 +33,7 @@ SIZES = {
     "hypercleaning": (dict(n=20000, m=5000, d=784, c=10), dict(n=5000, m=1000, d=784, c=10), 100),
     "text": (dict(n=11314, m=7532, d=101631), dict(n=2000, m=1000, d=20000), 100),
     "ridge": (dict(n=20000, m=5000, d=500), dict(n=2000, m=500, d=200), 100),
+    "binary": (dict(n=20000, m=5000, d=784), dict(n=5000, m=1000, d=784), 100),
     "toy": ({}, {}, 100),
 }
 
@@ -47,6 +48,8 @@ def bench_dataset(name, quick, seed, dtype):
         return datasets.text(seed=seed, dtype=dtype, **kw)
     if name == "ridge":
         return datasets.ridge(seed=seed, dtype=dtype, **kw)
+    if name == "binary":
+        return datasets.binary(seed=seed, dtype=dtype, **kw)
     return datasets.shaban_toy()
 
 

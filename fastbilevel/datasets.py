@@ -92,6 +92,17 @@ def hypercleaning(n=20000, m=5000, d=784, c=10, corruption=0.5, seed=0,
                    y_clean=y_clean, n_classes=c)
 
 
+def binary(n=20000, m=5000, d=784, corruption=0.1, seed=0, dtype=np.float64):
+    """Dense binary classification: the :func:`hypercleaning` generator with
+    two classes (labels 0/1, a fraction ``corruption`` of the training
+    labels redrawn at random). Model ``logistic``, map ``l2``: the dense
+    single-output case of sweeps and benchmarks."""
+    ds = hypercleaning(n=n, m=m, d=d, c=2, corruption=corruption, seed=seed, dtype=dtype)
+    return Dataset("binary", ds.X, ds.y.astype(np.float64), ds.X_val,
+                   ds.y_val.astype(np.float64), "logistic", "l2",
+                   corrupted=ds.info["corrupted"])
+
+
 def text(n=11314, m=7532, d=101631, row_nnz=160, zipf=1.1, informative=0.02,
          seed=0, dtype=np.float64):
     """Text-like sparse binary classification (20 Newsgroups-sized defaults).

@@ -19,6 +19,7 @@ import numpy as np
 from . import _checks, config, schedules
 from ._checks import (DivergenceError, check_step_size, fmt_bytes,
                       resolve_momentum, resolve_step_size, smoothness)
+from ._chunks import chunk_bounds, progress_bar, slice_opts
 from ._codes import CONVERGED, DIVERGED, NO_CURVATURE, STOPPED
 from ._interrupt import run_kernel
 from ._params import SOLVER, check_hypergradient_kw, refuse_unused
@@ -357,7 +358,9 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
                 replace=replace, seed=seed, check_step=check_step, method_kw=method_kw)
     if client is not None:
         from ._distributed import run_on_client
-        parts = run_on_client(client, problem, lams, strat, opts, chunk_size, progress)
+        _layout(problem)        # built once here, shipped to the workers with the problem
+        parts = run_on_client(client, problem, lams, strat, opts, chunk_size, progress,
+                              run_chunk)
     else:
         parts = _run_chunks(problem, lams, strat, opts, chunk_size, progress)
     out = _concat(parts)
@@ -366,50 +369,22 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
     return out
 
 
-def _chunk_bounds(B, chunk_size):
-    size = B if chunk_size is None else chunk_size
-    return [(lo, min(B, lo + size)) for lo in range(0, B, size)]
-
-
-def _slice_opts(opts, lo, hi, w_ndim):
-    """The options of settings lo..hi: per-setting ones (a leading axis B)
-    sliced, shared ones unchanged."""
-    out = dict(opts)
-    for name, nd in (("step_size", 1), ("momentum", 1), ("seed", 1), ("w0", w_ndim + 1),
-                     ("v0", w_ndim + 1)):
-        v = opts[name]
-        if v is not None and np.ndim(v) == nd:
-            out[name] = np.asarray(v)[lo:hi]
-    return out
-
-
 def _run_chunks(problem, lams, strat, opts, chunk_size, progress):
     """Run the settings chunk by chunk on this machine."""
     B = lams.shape[0]
-    bounds = _chunk_bounds(B, chunk_size)
-    bar = _progress_bar(progress, len(bounds), B)
+    bounds = chunk_bounds(B, chunk_size)
+    bar = progress_bar(progress, len(bounds), B)
     parts = []
     try:
         for lo, hi in bounds:
             parts.append(run_chunk(problem, lams[lo:hi], strat,
-                                   _slice_opts(opts, lo, hi, len(problem.w_shape))))
+                                   slice_opts(opts, lo, hi, len(problem.w_shape))))
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     return parts
-
-
-def _progress_bar(progress, nchunks, B):
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("progress=True needs tqdm: pip install 'fastbilevel[progress]'") \
-            from None
-    return tqdm(total=nchunks, unit="chunk", desc=f"sweep of {B} settings")
 
 
 def run_chunk(problem, lams, strat, opts):

@@ -41,3 +41,12 @@ def test_load_sklearn_optional():
     assert ds.problem().model == "logistic"
     with pytest.raises(ValueError, match="name='iris'"):
         fb.datasets.load_sklearn("iris")
+
+
+def test_binary_is_logistic_with_two_classes():
+    ds = fb.datasets.binary(n=300, m=100, d=20, corruption=0.2, seed=3)
+    assert ds.model == "logistic" and ds.hyper == "l2"
+    assert set(np.unique(ds.y)) <= {0.0, 1.0} and set(np.unique(ds.y_val)) <= {0.0, 1.0}
+    assert 0 < ds.info["corrupted"].mean() < 0.2
+    prob = ds.problem()
+    assert prob.c == 1 and prob.lam_shape == ()

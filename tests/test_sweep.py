@@ -270,3 +270,13 @@ def test_minimize_many_flags_a_divergent_start_and_refuses_hoag():
         fb.minimize_many(prob, lam0, outer="hoag", method="implicit")
     with pytest.raises(ValueError, match="lam0|lams"):
         fb.minimize_many(prob, np.zeros((2, 3)))
+
+
+def test_progress_bar_over_chunks(capsys):
+    pytest.importorskip("tqdm")
+    prob, _ = make_problem("logistic", "l2", "dense64", n=300)
+    r = fb.sweep(prob, np.linspace(-2, 0, 5), steps=4, chunk_size=2, progress=True,
+                 strategy="rows")
+    err = capsys.readouterr().err
+    assert "sweep of 5 settings" in err and "3/3" in err
+    assert r.stats["chunks"] == 3

@@ -125,7 +125,7 @@ def _parse_lams(spec):
 
 
 @cli.command("sweep")
-@click.option("--problem", type=click.Choice(["hypercleaning", "text", "ridge"]),
+@click.option("--problem", type=click.Choice(["hypercleaning", "text", "ridge", "binary"]),
               default="ridge", show_default=True, help="Built-in problem (fastbilevel.datasets).")
 @click.option("--hyper", type=click.Choice(["sample_weights", "feature_l2", "l2", "biased_l2",
                                             "init"]),
