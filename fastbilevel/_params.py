@@ -81,6 +81,19 @@ def refuse_unused(given, allowed, what):
                              f"{', '.join(sorted(allowed))}")
 
 
+def given_keywords(named, method_kw, solver, check_step):
+    """The keywords a caller set: those of ``named`` (name → value) that are
+    not None, ``method_kw``, and ``solver``/``check_step`` when not their
+    defaults ("gd", True)."""
+    given = {k: v for k, v in named.items() if v is not None}
+    given.update(method_kw)
+    if solver != "gd":
+        given["solver"] = solver
+    if check_step is not True:
+        given["check_step"] = check_step
+    return given
+
+
 def check_hypergradient_kw(method, solver, given, multitask=False):
     """Validate ``method`` and the keywords of a ``hypergradient`` call."""
     table = META if multitask else HYPERGRADIENT

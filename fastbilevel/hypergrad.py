@@ -11,7 +11,7 @@ from ._results import HypergradientResult
 from ._codes import (AGD, CG, CONVERGED, DIVERGED, GD, HEAVY_BALL, HEAVY_BALL_LS, NEUMANN,
                      NO_CURVATURE)
 from ._params import SOLVER as SOLVER_PARAMS
-from ._params import check_hypergradient_kw, refuse_unused
+from ._params import check_hypergradient_kw, given_keywords, refuse_unused
 from .kernels.unroll import value_stride
 from .meta import MultiTaskProblem, meta_hypergradient
 from .problem import BilevelProblem
@@ -167,17 +167,11 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
     """
     _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
     multitask = isinstance(problem, MultiTaskProblem)
-    given = {k: v for k, v in (("step_size", step_size), ("w0", w0), ("K", K),
-                               ("snapshots", snapshots), ("schedule", schedule),
-                               ("momentum", momentum), ("linear_solver", linear_solver),
-                               ("tol", tol), ("v0", v0), ("eta", eta),
-                               ("batch_size", batch_size), ("replace", replace),
-                               ("seed", seed)) if v is not None}
-    given.update(method_kw)
-    if solver != "gd":
-        given["solver"] = solver
-    if check_step is not True:
-        given["check_step"] = check_step
+    given = given_keywords(dict(step_size=step_size, w0=w0, K=K, snapshots=snapshots,
+                                schedule=schedule, momentum=momentum,
+                                linear_solver=linear_solver, tol=tol, v0=v0, eta=eta,
+                                batch_size=batch_size, replace=replace, seed=seed),
+                           method_kw, solver, check_step)
     check_hypergradient_kw(method, solver, given, multitask)
     seed = 0 if seed is None else seed
     replace = False if replace is None else replace

@@ -38,6 +38,32 @@ def _check_outer_step(problem, lam, k, lr, outer):
                          "bounds=(low, high)")
 
 
+def _outer_step(outer, k, lr, decay, betas, beta, bnd, lam, z, m1, m2, g):
+    """One outer update at iteration k from the hypergradient g (taken at z
+    for nesterov, at λ otherwise): returns the new (λ, z, m1, m2), clipped to
+    the bounds ``bnd``. Works elementwise, so λ may hold one start or many."""
+    eta = lr / math.sqrt(k + 1) if decay == "sqrt" else lr
+    if outer == "sgd":
+        lam = lam - eta * g
+    elif outer == "adam":
+        b1, b2 = betas
+        m1 = b1 * m1 + (1 - b1) * g
+        m2 = b2 * m2 + (1 - b2) * g * g
+        lam = lam - eta * (m1 / (1 - b1 ** (k + 1))) / (np.sqrt(m2 / (1 - b2 ** (k + 1))) + 1e-8)
+    else:
+        new = z - eta * g
+        if bnd is not None:
+            new = np.clip(new, *bnd)
+        z = new + beta * (new - lam)
+        lam = new
+    if bnd is not None:
+        lam = np.clip(lam, *bnd)
+        z = np.clip(z, *bnd)
+    if outer != "nesterov":
+        z = lam
+    return lam, z, m1, m2
+
+
 def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
              decay=None, outer_momentum=None, betas=None, bounds=None,
              warm_start=True, callback=None, tol_schedule=None, tol0=None,
@@ -206,25 +232,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
             t_cb += time.perf_counter() - tc
             if stop:
                 break
-        eta = lr / math.sqrt(k + 1) if decay == "sqrt" else lr
-        if outer == "sgd":
-            lam = lam - eta * g
-        elif outer == "adam":
-            b1, b2 = betas
-            m1 = b1 * m1 + (1 - b1) * g
-            m2 = b2 * m2 + (1 - b2) * g * g
-            lam = lam - eta * (m1 / (1 - b1 ** (k + 1))) / (np.sqrt(m2 / (1 - b2 ** (k + 1))) + 1e-8)
-        else:
-            new = z - eta * g
-            if bnd is not None:
-                new = np.clip(new, *bnd)
-            z = new + beta * (new - lam)
-            lam = new
-        if bnd is not None:
-            lam = np.clip(lam, *bnd)
-            z = np.clip(z, *bnd)
-        if outer != "nesterov":
-            z = lam
+        lam, z, m1, m2 = _outer_step(outer, k, lr, decay, betas, beta, bnd, lam, z, m1, m2, g)
         _check_outer_step(problem, z, k, lr, outer)
     return MinimizeResult(lam, hist, w, v, last)
 
@@ -442,27 +450,10 @@ def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1
             t_cb += time.perf_counter() - tc
             if stop:
                 break
-        eta = lr / math.sqrt(k + 1) if decay == "sqrt" else lr
         upd = active.copy()
-        if outer == "sgd":
-            lam[upd] = lam[upd] - eta * g[upd]
-        elif outer == "adam":
-            b1, b2 = betas
-            m1[upd] = b1 * m1[upd] + (1 - b1) * g[upd]
-            m2[upd] = b2 * m2[upd] + (1 - b2) * g[upd] * g[upd]
-            lam[upd] = lam[upd] - eta * (m1[upd] / (1 - b1 ** (k + 1))) / (
-                np.sqrt(m2[upd] / (1 - b2 ** (k + 1))) + 1e-8)
-        else:
-            new = z[upd] - eta * g[upd]
-            if bnd is not None:
-                new = np.clip(new, *bnd)
-            z[upd] = new + beta * (new - lam[upd])
-            lam[upd] = new
-        if bnd is not None:
-            lam = np.clip(lam, *bnd)
-            z = np.clip(z, *bnd)
-        if outer != "nesterov":
-            z = lam.copy()
+        lam[upd], z[upd], m1[upd], m2[upd] = _outer_step(outer, k, lr, decay, betas, beta, bnd,
+                                                         lam[upd], z[upd], m1[upd], m2[upd],
+                                                         g[upd])
         for b in np.flatnonzero(upd):
             _check_outer_step(problem, z[b], k, lr, outer)
     return MultiStartResult(lam, value, hists, w, ~active)

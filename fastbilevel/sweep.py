@@ -22,7 +22,7 @@ from ._checks import (DivergenceError, check_step_size, fmt_bytes,
 from ._chunks import chunk_bounds, progress_bar, slice_opts
 from ._codes import CONVERGED, DIVERGED, NO_CURVATURE, STOPPED
 from ._interrupt import run_kernel
-from ._params import SOLVER, check_hypergradient_kw, refuse_unused
+from ._params import SOLVER, check_hypergradient_kw, given_keywords, refuse_unused
 from .hypergrad import (LINEAR_SOLVERS, SOLVERS, build_schedule, hypergradient, solve,
                         state_vectors)
 from .kernels.batched import implicit_solve_multi, run_schedule_multi
@@ -326,17 +326,11 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
     t0 = time.perf_counter()
     _checks.check_problem(problem, (BilevelProblem,))
     _checks.check_choice("method", method, METHODS)
-    given = {k: v for k, v in (("step_size", step_size), ("w0", w0), ("K", K),
-                               ("snapshots", snapshots), ("schedule", schedule),
-                               ("momentum", momentum), ("linear_solver", linear_solver),
-                               ("tol", tol), ("v0", v0), ("eta", eta),
-                               ("batch_size", batch_size), ("replace", replace),
-                               ("seed", seed)) if v is not None}
-    given.update(method_kw)
-    if solver != "gd":
-        given["solver"] = solver
-    if check_step is not True:
-        given["check_step"] = check_step
+    given = given_keywords(dict(step_size=step_size, w0=w0, K=K, snapshots=snapshots,
+                                schedule=schedule, momentum=momentum,
+                                linear_solver=linear_solver, tol=tol, v0=v0, eta=eta,
+                                batch_size=batch_size, replace=replace, seed=seed),
+                           method_kw, solver, check_step)
     if method == "solve":
         _checks.check_choice("solver", solver, SOLVERS)
         refuse_unused(given, frozenset({"solver", "step_size", "w0", "check_step"})

@@ -125,7 +125,8 @@ print("finished", flush=True)
 """
 
 
-@pytest.mark.parametrize("call,method", [("solve", ""), ("hypergradient", "'forward', ")])
+@pytest.mark.parametrize("call,method", [("solve", ""), ("hypergradient", "'forward', "),
+                                         ("sweep", "'solve', ")])
 def test_ctrl_c_stops_a_long_run(call, method):
     """SIGINT reaches a compiled loop of 10^9 steps (hours of work) and
     stops it with a KeyboardInterrupt. The wait is a guard against a hang,
