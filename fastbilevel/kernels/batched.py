@@ -297,7 +297,9 @@ def _ol_pass_multi(X, indptr, indices, data, y, XT, A, model, W, V, want_grad, w
         n = y.shape[0]
         B, c, d = W.shape
         Bc = B * c
-        need_u = want_hvp or cross.shape[0] > 0
+        # no short-circuit `or` here: its phi node, used inside the prange
+        # bodies, tripped Numba's SSA check (NumbaIRAssumptionWarning)
+        need_u = want_hvp | (cross.shape[0] > 0)
         Pn = scratch[2]
         nch = max(1, min(nchunks, n))
         for t in prange(nch):
