@@ -93,7 +93,7 @@ def _check_lams(problem, lams):
         arr = np.array(lams, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise TypeError(f"lams must be an array of numbers of shape (B,) + {shape}") from e
-    if arr.ndim == len(shape) and shape == () and arr.ndim == 0:
+    if shape == () and arr.ndim == 0:      # one l2 setting given as a scalar
         arr = arr.reshape(1)
     if arr.ndim != len(shape) + 1 or arr.shape[1:] != shape:
         raise ValueError(f"lams has shape {arr.shape}; a sweep over hyper="
@@ -183,7 +183,7 @@ def _layout(problem):
     return lay
 
 
-def _resolve(problem, lams, method, solver, step_size, momentum, w0, check_step):
+def _resolve(problem, lams, solver, step_size, momentum, w0, check_step):
     """Per-setting kernel parameters: (HyperParams list, gammas, betas, W0s)."""
     B = lams.shape[0]
     hps = [problem._lam_in(lams[b]) for b in range(B)]
@@ -416,7 +416,7 @@ def _run_rows(problem, lams, opts):
     """The batched kernels on every setting of ``lams`` at once."""
     method, solver, T = opts["method"], opts["solver"], opts["steps"]
     B = lams.shape[0]
-    hps, gammas, betas, W0 = _resolve(problem, lams, method, solver, opts["step_size"],
+    hps, gammas, betas, W0 = _resolve(problem, lams, solver, opts["step_size"],
                                       opts["momentum"], opts["w0"], opts["check_step"])
     A, DA, RD, PRIOR = _stack_params(problem, hps)
     if method in ("solve", "implicit"):
