@@ -199,10 +199,15 @@ local = fb.sweep(prob, lams, steps=8)
 grid = fb.sweep(prob, lams, method="solve", steps=8)
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                   dashboard_address=None) as cluster, Client(cluster) as client:
+    scatters = []
+    plain = client.scatter
+    def counting(*args, **kw):
+        scatters.append(kw.get("broadcast"))
+        return plain(*args, **kw)
+    client.scatter = counting
     remote = fb.sweep(prob, lams, steps=8, client=client)
     rgrid = fb.sweep(prob, lams, method="solve", steps=8, client=client, chunk_size=2)
-    held = client.run(lambda dask_worker: len(dask_worker.data))
-print(remote.stats["chunks"], rgrid.stats["chunks"], sorted(held.values()))
+print(remote.stats["chunks"], rgrid.stats["chunks"], scatters)
 print(np.abs(remote.grad - local.grad).max() / np.abs(local.grad).max())
 print(np.abs(rgrid.value - grid.value).max())
 """
@@ -216,8 +221,10 @@ def test_dask_local_cluster_equals_local_sweep(tmp_path):
                          text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.split("\n")
-    chunks = lines[0].split()
+    chunks = lines[0].split(maxsplit=2)
     assert chunks[0] == "2" and chunks[1] == "3"       # one chunk per worker; chunk_size=2
+    # the problem goes to every worker once per sweep (broadcast), not once per chunk
+    assert chunks[2] == "[True, True]"
     assert float(lines[1]) <= 1e-12 and float(lines[2]) <= 1e-12
 
 
