@@ -4,6 +4,7 @@ from ._version import __version__
 from . import _cache  # noqa: E402  (before any module that defines a cached kernel)
 
 _cache.install()
+_cache.install_compile_notice()
 
 from . import _parallel  # noqa: E402  (threading layer, before any parallel kernel runs)
 from . import config, datasets, kernels  # noqa: E402
@@ -14,9 +15,10 @@ from .problem import BilevelProblem
 from .stochastic import fsla, hessian_batch_sizes, stocbio
 from .sweep import SweepResult, sweep
 from ._checks import DivergenceError
+from ._results import MinimizeInterrupted
 
 __all__ = ["BilevelProblem", "hypergradient", "HypergradientResult", "solve", "plan",
            "minimize", "MinimizeResult", "History",
            "MultiTaskProblem", "meta_hypergradient", "stocbio", "fsla", "hessian_batch_sizes",
-           "sweep", "SweepResult", "DivergenceError", "minimize_many", "MultiStartResult",
+           "sweep", "SweepResult", "DivergenceError", "MinimizeInterrupted", "minimize_many", "MultiStartResult",
            "datasets", "kernels", "config", "__version__"]

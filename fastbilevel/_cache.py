@@ -29,6 +29,7 @@ import tempfile
 
 import numba
 from numba.core import caching, config as numba_config
+from numba.core import event as _event
 
 from ._version import __version__
 
@@ -158,3 +159,57 @@ def install():
     classes = caching.CacheImpl._locator_classes
     if KernelCacheLocator not in classes:
         classes.insert(0, KernelCacheLocator)
+
+
+# ------------------------------------------------ a notice on the first compile
+_NOTICED = set()
+# set to False to silence the notice (fastbilevel._cache.COMPILE_NOTICE)
+COMPILE_NOTICE = True
+
+
+def _data_kind(args):
+    """'dense float64', 'CSR float32', ... from a kernel's argument types (the
+    first Data named tuple among them), or None."""
+    from numba.core import types
+    for t in args:
+        if isinstance(t, types.BaseNamedTuple) and getattr(t, "instance_class", None) is not None \
+                and t.instance_class.__name__ == "Data" and len(t.types) == 5:
+            X, _, _, data, _ = t.types
+            if isinstance(X, types.Array):
+                return f"dense {X.dtype}"
+            if isinstance(data, types.Array):
+                return f"CSR {data.dtype}"
+    return None
+
+
+class _CompileNotice(_event.Listener):
+    """One line on stderr the first time this process compiles (not loads
+    from the cache) a kernel of this package for a format and dtype."""
+
+    def on_start(self, event):
+        if not COMPILE_NOTICE:
+            return
+        disp = event.data.get("dispatcher")
+        module = getattr(getattr(disp, "py_func", None), "__module__", "") or ""
+        if not module.startswith("fastbilevel."):
+            return
+        kind = _data_kind(event.data.get("args", ()))
+        if kind is None or kind in _NOTICED:
+            return
+        _NOTICED.add(kind)
+        # the process's own stderr: not swallowed by a caller's capture of sys.stderr
+        stream = sys.__stderr__ or sys.stderr
+        if stream is not None:
+            print(f"fastbilevel: compiling kernels for {kind} data; this happens once "
+                  f"(later runs load them from {resolved_cache_dir()})", file=stream,
+                  flush=True)
+
+    def on_end(self, event):
+        pass
+
+
+def install_compile_notice():
+    """Listen for Numba's compile events (once per process)."""
+    if not any(isinstance(lst, _CompileNotice)
+               for lst in _event._registered.get("numba:compile", [])):
+        _event.register("numba:compile", _CompileNotice())

@@ -39,7 +39,7 @@ def run_on_client(client, problem, lams, strat, opts, chunk_size, progress, run_
     futures = [client.submit(run_chunk, remote, np.ascontiguousarray(lams[lo:hi]), strat,
                              slice_opts(opts, lo, hi, w_ndim), pure=False)
                for lo, hi in bounds]
-    bar = progress_bar(progress, len(bounds), B)
+    bar = progress_bar(progress, len(bounds), f"sweep of {B} settings")
     try:
         if bar is not None:
             for _ in distributed.as_completed(futures):

@@ -85,3 +85,57 @@ class MinimizeResult:
         h = self.history
         return (f"MinimizeResult(iters={len(h)}, outer {h.outer_value[0]:.6g} -> "
                 f"{h.outer_value[-1]:.6g}, time_s={h.time_s[-1]:.3g})")
+
+
+class MinimizeInterrupted(KeyboardInterrupt):
+    """Raised by :func:`~fastbilevel.minimize` and
+    :func:`~fastbilevel.minimize_many` on Ctrl-C (a KeyboardInterrupt, so
+    ``except KeyboardInterrupt`` still catches it), with what was done.
+
+    Attributes
+    ----------
+    result : MinimizeResult or MultiStartResult — the outer iterations that
+        finished: ``lam`` where the next iteration would have started,
+        ``history`` up to there.
+    best_lam : the λ of lowest outer value seen (per start for
+        minimize_many; None before the first iteration finished).
+    best_value : that outer value (NaN if none).
+    """
+
+    def __init__(self, result, best_lam, best_value):
+        super().__init__(f"interrupted: {self._done(result)} outer iterations done; "
+                         "the best λ so far is in .best_lam, the partial result in .result")
+        self.result, self.best_lam, self.best_value = result, best_lam, best_value
+
+    @staticmethod
+    def _done(result):
+        hist = getattr(result, "history", None)
+        if hist is not None:
+            return len(hist)
+        return max((len(h) for h in result.histories), default=0)
+
+
+class _Best:
+    """The point of lowest outer value seen, elementwise over starts."""
+
+    def __init__(self, shape=None):
+        self.value = np.inf if shape is None else np.full(shape, np.inf)
+        self.lam = None
+
+    def see(self, value, lam):
+        if np.ndim(self.value) == 0:
+            if value < self.value:
+                self.value, self.lam = float(value), np.array(lam, copy=True)
+            return
+        if self.lam is None:
+            self.lam = np.array(lam, copy=True)
+        better = np.asarray(value) < self.value      # NaN (diverged) is never better
+        self.value = np.where(better, value, self.value)
+        self.lam[better] = np.asarray(lam)[better]
+
+    def interrupted(self, result):
+        value = self.value if np.ndim(self.value) else (
+            self.value if np.isfinite(self.value) else float("nan"))
+        if np.ndim(value):
+            value = np.where(np.isfinite(value), value, np.nan)
+        return MinimizeInterrupted(result, self.lam, value)

@@ -5,6 +5,7 @@ import time
 import numpy as np
 
 from . import _checks, config, schedules
+from ._chunks import pass_progress
 from ._checks import (DivergenceError, check_bytes, check_finite_result, check_step_size, resolve_momentum,
                       resolve_sampler, resolve_step_size, smoothness)
 from ._results import HypergradientResult
@@ -55,7 +56,7 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
                   step_size=None, w0=None, *, K=None, snapshots=None,
                   schedule=None, momentum=None, linear_solver=None, tol=None,
                   v0=None, eta=None, batch_size=None, replace=None, seed=None, check_step=True,
-                  **method_kw):
+                  progress=False, **method_kw):
     """Hypergradient of Φ(λ) = f(w_T(λ)), w_T = T steps of the inner solver.
 
     For a :class:`~fastbilevel.meta.MultiTaskProblem` this is
@@ -144,6 +145,10 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         gd; see :func:`stability_bound`) before running. While running, an
         inner loop whose g becomes non-finite or rises far above g(w_0) is
         reported as divergent either way.
+    progress : bool, default False
+        Show a bar counting the passes over the data while the compiled loop
+        runs (needs tqdm: ``fastbilevel[progress]``); the results do not
+        change.
 
     **method_kw
         The keywords of :func:`fastbilevel.stochastic.stocbio` (``Q``,
@@ -164,7 +169,20 @@ def hypergradient(problem, lam, method="reverse", solver="gd", steps=100,
         On invalid input, when the stored trajectory would exceed
         ``config.MAX_TRAJECTORY_BYTES``, or when the inner loop diverges
         with this step size.
+    KeyboardInterrupt
+        On Ctrl-C: the compiled loop stops at its next pass over the data.
     """
+    with pass_progress(progress, "hypergradient") as finish:
+        r = _hypergradient(problem, lam, method, solver, steps, step_size, w0, K, snapshots,
+                           schedule, momentum, linear_solver, tol, v0, eta, batch_size,
+                           replace, seed, check_step, method_kw)
+        finish(r.stats.get("passes"))
+        return r
+
+
+def _hypergradient(problem, lam, method, solver, steps, step_size, w0, K, snapshots, schedule,
+                   momentum, linear_solver, tol, v0, eta, batch_size, replace, seed,
+                   check_step, method_kw):
     _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
     multitask = isinstance(problem, MultiTaskProblem)
     given = given_keywords(dict(step_size=step_size, w0=w0, K=K, snapshots=snapshots,

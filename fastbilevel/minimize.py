@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _checks
 from ._checks import check_bounds, check_seed
+from ._chunks import outer_run
 from ._results import History, MinimizeResult
 from .hypergrad import METHODS, hypergradient, solve
 from .kernels.sampling import derive
@@ -67,7 +68,7 @@ def _outer_step(outer, k, lr, decay, betas, beta, bnd, lam, z, m1, m2, g):
 def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
              decay=None, outer_momentum=None, betas=None, bounds=None,
              warm_start=True, callback=None, tol_schedule=None, tol0=None,
-             max_inner_steps=None, **hypergradient_kw):
+             max_inner_steps=None, progress=False, **hypergradient_kw):
     """Minimize Φ(λ) = f(w_T(λ)) with hypergradients from :func:`hypergradient`.
 
     Parameters
@@ -117,11 +118,18 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
         start is λ) and each implicit linear solve at the previous v.
     callback : callable(k, lam, result) -> bool, optional
         Called after every hypergradient; returning True stops.
+    progress : bool, default False
+        Show a progress bar over the outer iterations with the outer value
+        (needs tqdm: ``fastbilevel[progress]``).
     **hypergradient_kw
         Passed on (solver, steps, step_size, K, tol, linear_solver, ...).
 
     Every keyword that the method or outer update does not use is refused
     before anything runs (:class:`fastbilevel._params.ParameterError`).
+
+    Ctrl-C stops a run within one pass over the data and raises
+    :class:`~fastbilevel.MinimizeInterrupted` (a KeyboardInterrupt) with the
+    iterations done (``.result``) and the best λ so far (``.best_lam``).
 
     Returns
     -------
@@ -144,7 +152,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
             raise ParameterError("warm_start=False does not apply to method='fsla' (its "
                                  "iterates are its state)")
         return fsla(problem, lam0, iters, delta=lr, bounds=bounds, callback=callback,
-                    **hypergradient_kw)
+                    progress=progress, **hypergradient_kw)
     outer = "adam" if outer is None else outer
     _checks.check_choice("outer", outer, OUTER)
     refuse_unused(outer_kw, OUTER_PARAMS[outer], f"outer={outer!r}")
@@ -187,17 +195,32 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     if bnd is not None:
         lam = np.clip(lam, *bnd)
     if outer == "hoag":
-        return _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0,
-                     max_inner_steps, warm_start, hypergradient_kw)
+        with outer_run(progress, iters, "minimize (hoag)") as run:
+            return _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0,
+                         max_inner_steps, warm_start, hypergradient_kw, run)
     z = lam.copy()                      # where the hypergradient is taken
     m1 = np.zeros_like(lam)
     m2 = np.zeros_like(lam)
     hist = History()
-    w = v = last = None
-    passes = rows = 0
     seed = check_seed(hypergradient_kw.get("seed", 0))
     t0 = time.perf_counter()
+    with outer_run(progress, iters, "minimize") as run:
+        return _outer_loop(problem, method, outer, iters, lr, decay, betas, beta, bnd, lam, z,
+                           m1, m2, hist, warm_start, callback, multitask, seed, t0, run,
+                           hypergradient_kw)
+
+
+def _outer_loop(problem, method, outer, iters, lr, decay, betas, beta, bnd, lam, z, m1, m2,
+                hist, warm_start, callback, multitask, seed, t0, run, hypergradient_kw):
+    """The loop of :func:`minimize` for sgd, adam and nesterov."""
+    w = v = last = None
+    passes = rows = 0
     t_cb = 0.0
+
+    def partial():
+        return MinimizeResult(lam, hist, w, v, last)
+
+    run.partial = partial
     for k in range(iters):
         kw = dict(hypergradient_kw)
         if method == "stocbio" or kw.get("solver") == "sgd" or multitask:
@@ -226,6 +249,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
                      linear_steps=r.stats.get("linear_steps", 0), passes=passes, rows=rows,
                      time_s=time.perf_counter() - t0 - t_cb, accepted=True, tol=math.nan)
         w, v, last = r.w, r.stats.get("v"), r
+        run.record(r.value, point)
         if callback is not None:
             tc = time.perf_counter()
             stop = callback(k, point.copy(), r)
@@ -238,7 +262,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
 
 
 def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_steps,
-          warm_start, kw):
+          warm_start, kw, run):
     """HOAG-style outer loop (see :func:`minimize`)."""
     kw = dict(kw)
     solver = kw.pop("solver", "gd")
@@ -252,6 +276,11 @@ def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_
     step = lr
     prev = None            # (lam, value, grad) of the last accepted point
     k_eff = 0
+
+    def partial():
+        return MinimizeResult(prev[0] if prev is not None else lam, hist, w, v, last)
+
+    run.partial = partial
     for k in range(iters):
         eps = {"exponential": tol0 * 0.9 ** k_eff, "quadratic": tol0 / (k_eff + 1) ** 2,
                "cubic": tol0 / (k_eff + 1) ** 3}[tol_schedule]
@@ -278,6 +307,7 @@ def _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0, max_inner_
                      linear_steps=r.stats["linear_steps"], passes=passes,
                      rows=passes * problem.n, time_s=time.perf_counter() - t0,
                      accepted=accepted, tol=eps)
+        run.record(r.value, lam)
         if callback is not None and callback(k, lam.copy(), r):
             break
         if accepted:
@@ -337,7 +367,7 @@ class MultiStartResult:
 
 def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1, decay=None,
                   outer_momentum=None, betas=None, bounds=None, warm_start=True,
-                  callback=None, **sweep_kw):
+                  callback=None, progress=False, **sweep_kw):
     """:func:`minimize` from B starts at once: ``lam0`` has shape (B,) +
     λ's shape, and the B outer loops run in lockstep, each outer iteration
     one :func:`~fastbilevel.sweep` (the batched kernels: every pass over X
@@ -352,8 +382,11 @@ def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1
     called after every iteration with the points of the active starts;
     returning True stops all. A start whose inner loop diverges stops there
     (flagged in ``diverged``); the others go on. Other keywords as in
-    :func:`minimize`, and ``strategy``, ``chunk_size``, ``client`` of
-    :func:`sweep`.
+    :func:`minimize` (``progress``: a bar over the outer iterations with the
+    best start's outer value; Ctrl-C raises
+    :class:`~fastbilevel.MinimizeInterrupted` with the iterations done and
+    the best λ of every start), and ``strategy``, ``chunk_size``,
+    ``client`` of :func:`sweep`.
 
     Returns
     -------
@@ -402,60 +435,66 @@ def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1
     passes = rows = 0
     t0 = time.perf_counter()
     t_cb = 0.0
-    for k in range(iters):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        kw = dict(sweep_kw)
-        for key in ("step_size", "momentum"):       # per-start values of the active starts
-            if np.ndim(kw.get(key)) == 1:
-                kw[key] = np.asarray(kw[key])[idx]
-        if method == "stocbio" or kw.get("solver") == "sgd":
-            kw["seed"] = int(derive(seed, k))
-        if warm_start and have_w and problem.hyper != "init":
-            kw["w0"] = w[idx]
-        if warm_start and v is not None and method == "implicit":
-            kw["v0"] = v[idx]
-        point = (z if outer == "nesterov" else lam)[idx]
-        r = sweep(problem, point, method, **kw)
-        passes += r.stats["passes"]
-        rows += r.stats["passes"] * problem.n
-        elapsed = time.perf_counter() - t0 - t_cb
-        g = np.zeros_like(lam)
-        for pos, b in enumerate(idx):
-            if r.stats["diverged"][pos]:
-                active[b] = False
-                value[b] = np.nan
-                continue
-            g[b] = r.grad[pos]
-            value[b] = r.value[pos]
-            w[b] = r.w[pos]
-            res = r.stats.get("residual")
-            hists[b]._append(outer_value=float(r.value[pos]),
-                             grad_norm=float(np.linalg.norm(r.grad[pos])),
-                             inner_grad_norm=math.nan,
-                             residual=math.nan if res is None else float(res[pos]),
-                             linear_steps=int(r.stats["linear_steps"][pos])
-                             if "linear_steps" in r.stats else 0,
-                             passes=passes, rows=rows, time_s=elapsed, accepted=True,
-                             tol=math.nan)
-        have_w = True
-        if method == "implicit":
-            v = np.zeros((B,) + problem.w_shape) if v is None else v
-            # the batched solve's v per start, for the next warm start
-            v[idx] = _sweep_v(problem, r)
-        if callback is not None:
-            tc = time.perf_counter()
-            stop = callback(k, point.copy(), r)
-            t_cb += time.perf_counter() - tc
-            if stop:
+    with outer_run(progress, iters, f"minimize_many ({B} starts)", shape=(B,)) as run:
+        run.partial = lambda: MultiStartResult(lam, value, hists, w, ~active)
+        for k in range(iters):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
                 break
-        upd = active.copy()
-        lam[upd], z[upd], m1[upd], m2[upd] = _outer_step(outer, k, lr, decay, betas, beta, bnd,
-                                                         lam[upd], z[upd], m1[upd], m2[upd],
-                                                         g[upd])
-        for b in np.flatnonzero(upd):
-            _check_outer_step(problem, z[b], k, lr, outer)
+            kw = dict(sweep_kw)
+            for key in ("step_size", "momentum"):       # per-start values of the active starts
+                if np.ndim(kw.get(key)) == 1:
+                    kw[key] = np.asarray(kw[key])[idx]
+            if method == "stocbio" or kw.get("solver") == "sgd":
+                kw["seed"] = int(derive(seed, k))
+            if warm_start and have_w and problem.hyper != "init":
+                kw["w0"] = w[idx]
+            if warm_start and v is not None and method == "implicit":
+                kw["v0"] = v[idx]
+            point = (z if outer == "nesterov" else lam)[idx]
+            r = sweep(problem, point, method, **kw)
+            passes += r.stats["passes"]
+            rows += r.stats["passes"] * problem.n
+            elapsed = time.perf_counter() - t0 - t_cb
+            g = np.zeros_like(lam)
+            for pos, b in enumerate(idx):
+                if r.stats["diverged"][pos]:
+                    active[b] = False
+                    value[b] = np.nan
+                    continue
+                g[b] = r.grad[pos]
+                value[b] = r.value[pos]
+                w[b] = r.w[pos]
+                res = r.stats.get("residual")
+                hists[b]._append(outer_value=float(r.value[pos]),
+                                 grad_norm=float(np.linalg.norm(r.grad[pos])),
+                                 inner_grad_norm=math.nan,
+                                 residual=math.nan if res is None else float(res[pos]),
+                                 linear_steps=int(r.stats["linear_steps"][pos])
+                                 if "linear_steps" in r.stats else 0,
+                                 passes=passes, rows=rows, time_s=elapsed, accepted=True,
+                                 tol=math.nan)
+            seen_v = np.full(B, np.nan)
+            seen_v[idx] = np.where(r.stats["diverged"], np.nan, r.value)
+            seen = (z if outer == "nesterov" else lam).copy()
+            run.record(seen_v, seen)
+            have_w = True
+            if method == "implicit":
+                v = np.zeros((B,) + problem.w_shape) if v is None else v
+                # the batched solve's v per start, for the next warm start
+                v[idx] = _sweep_v(problem, r)
+            if callback is not None:
+                tc = time.perf_counter()
+                stop = callback(k, point.copy(), r)
+                t_cb += time.perf_counter() - tc
+                if stop:
+                    break
+            upd = active.copy()
+            lam[upd], z[upd], m1[upd], m2[upd] = _outer_step(outer, k, lr, decay, betas, beta, bnd,
+                                                             lam[upd], z[upd], m1[upd], m2[upd],
+                                                             g[upd])
+            for b in np.flatnonzero(upd):
+                _check_outer_step(problem, z[b], k, lr, outer)
     return MultiStartResult(lam, value, hists, w, ~active)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from . import _checks
 from ._checks import (DivergenceError, check_batch, check_bounds, check_seed, check_step_size,
                       resolve_step_size, smoothness)
+from ._chunks import outer_run
 from ._results import History, HypergradientResult, MinimizeResult
 from .problem import BilevelProblem
 
@@ -173,7 +174,7 @@ def stocbio(problem, lam, steps=10, step_size=None, w0=None, *, Q=10, eta=None,
 
 def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta=None,
          batch_size=None, outer_batch=None, cross_batch=None, replace=False, seed=0,
-         bounds=None, w0=None, eval_every=50, callback=None):
+         bounds=None, w0=None, eval_every=50, callback=None, progress=False):
     """FSLA (Li, Gu & Huang 2022, Alg. 1): λ, ω, the v-state and the STORM
     momentum d each move once per iteration, from minibatches; see
     :func:`fastbilevel.kernels.stochastic.fsla_run` for the exact updates.
@@ -220,6 +221,10 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
         is called then.
     callback : callable(k, lam, w) -> bool, optional
         Returning True stops.
+    progress : bool, default False
+        A progress bar over the iterations with the validation loss (needs
+        tqdm). Ctrl-C raises :class:`~fastbilevel.MinimizeInterrupted` with
+        the iterations done (in chunks of ``eval_every``).
 
     Returns
     -------
@@ -258,11 +263,25 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     prior = hp.prior.copy() if problem.hyper == "biased_l2" else np.empty((0, 0))
     reg = float(problem.reg) if problem.reg is not None else 0.0
     hist = History()
+    be = problem.backend
+    nch = be.fixed_nchunks()
+    with outer_run(progress, iters, "fsla") as run:
+        run.partial = lambda: MinimizeResult(problem._lam_out(lk), hist, problem._w_out(W),
+                                             problem._w_out(V), None)
+        _fsla_loop(problem, iters, eval_every, lk, W, V, dmom, a, da, rdiag, prior, reg, vals,
+                   S, bv, bc, replace, seed, lo, hi, nch, delta, hist, callback, run)
+    return MinimizeResult(problem._lam_out(lk), hist, problem._w_out(W), problem._w_out(V),
+                          None)
+
+
+def _fsla_loop(problem, iters, eval_every, lk, W, V, dmom, a, da, rdiag, prior, reg, vals, S, bv,
+               bc, replace, seed, lo, hi, nch, delta, hist, callback, run):
+    """FSLA's iterations, ``eval_every`` at a time, updating lk, W, V, dmom
+    in place."""
+    be = problem.backend
     rows_total = 0
     spent = 0.0
     k = 0
-    be = problem.backend
-    nch = be.fixed_nchunks()
     while k < iters:
         chunk = min(eval_every, iters - k)
         t0 = time.perf_counter()
@@ -283,7 +302,6 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
                      grad_norm=float(np.linalg.norm(dmom)), inner_grad_norm=math.nan,
                      residual=math.nan, linear_steps=0, passes=k, rows=rows_total,
                      time_s=spent, accepted=True, tol=math.nan)
+        run.record(hist._rows[-1]["outer_value"], lam_pub, chunk)
         if callback is not None and callback(k, lam_pub, w):
             break
-    return MinimizeResult(problem._lam_out(lk), hist, problem._w_out(W), problem._w_out(V),
-                          None)

@@ -367,7 +367,7 @@ def _run_chunks(problem, lams, strat, opts, chunk_size, progress):
     """Run the settings chunk by chunk on this machine."""
     B = lams.shape[0]
     bounds = chunk_bounds(B, chunk_size)
-    bar = progress_bar(progress, len(bounds), B)
+    bar = progress_bar(progress, len(bounds), f"sweep of {B} settings")
     parts = []
     try:
         for lo, hi in bounds:
