@@ -60,6 +60,13 @@ class History:
             return np.array([r[name] for r in self._rows])
         raise AttributeError(name)
 
+    def plot(self, path=None, title=None):
+        """Outer value and hypergradient norm against wall time and against
+        passes over the data (a matplotlib Figure; written to ``path`` when
+        given). Needs matplotlib (``fastbilevel[plot]``)."""
+        from .plot import plot_history
+        return plot_history(self, path, title)
+
     def as_table(self):
         """The history as aligned text, one line per outer iteration."""
         head = f"{'iter':>5}{'outer':>14}{'|grad|':>12}{'|inner g|':>12}{'lin res':>11}{'passes':>9}{'time s':>9}"

@@ -53,6 +53,17 @@ def bench_dataset(name, quick, seed, dtype):
     return datasets.shaban_toy()
 
 
+def spec_dataset(spec):
+    """The dataset of a child process's spec: the user's file (``data``) or
+    a built-in problem."""
+    if spec.get("data"):
+        return datasets.load_file(spec["data"], model=spec["model"],
+                                  hyper=spec["hyper"] or "l2",
+                                  val_fraction=spec["val_fraction"], seed=spec["seed"],
+                                  dtype=spec["dtype"])
+    return bench_dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
+
+
 def default_lam(prob):
     """λ the bench times at: 0, or −2 per feature for ``feature_l2``."""
     return np.zeros(prob.lam_shape) if prob.hyper != "feature_l2" else np.full(prob.d, -2.0)
@@ -317,8 +328,7 @@ def _numpy_sweep_child(spec):
 
 
 def _numpy_sweep_time(spec):
-    ds = bench_dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
-    prob = ds.problem(hyper=spec["hyper"], dtype=spec["dtype"])
+    prob = spec_dataset(spec).problem(hyper=spec["hyper"], dtype=spec["dtype"])
     lams = sweep_lams(prob, spec["B"])
     gamma = min(resolve_step_size(prob, lam, None) for lam in lams)
     fun = lambda: numpy_reverse_sweep(prob, lams, spec["steps"], gamma)
@@ -369,7 +379,7 @@ def _rss_child(spec):
     import gc
     import resource
 
-    ds = bench_dataset(spec["problem"], spec["quick"], spec["seed"], spec["dtype"])
+    ds = spec_dataset(spec)
     prob = ds.problem(hyper=spec["hyper"], dtype=spec["dtype"])
     del ds
     lam = default_lam(prob)

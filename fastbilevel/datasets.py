@@ -315,3 +315,204 @@ def fo_blo_counterexample(gap=10.0, steps=4, step_size=1.0, curvatures=(0.1, 1.5
     return TaskDataset("fo_blo_counterexample", X, y, X.copy(), y.copy(), "linear", 0.0,
                        theta_star=theta_star, theta_fo=theta_fo, grad_at_fo=grad_fo,
                        steps=int(steps), step_size=alpha, n_classes=1)
+
+
+# ------------------------------------------------------------- the user's files
+_SPARSE_KEYS = ("data", "indices", "indptr", "shape")
+MODEL_CHOICES = ("auto", "linear", "logistic", "multinomial")
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be used: the message names the file and
+    what is wrong with it."""
+
+
+def save_npz(path, X, y, X_val=None, y_val=None):
+    """Write data for :func:`load_file` (and ``fastbilevel ... --data``):
+    dense X as ``X`` (and ``X_val``); sparse X in SciPy's sparse ``.npz``
+    layout (``data``, ``indices``, ``indptr``, ``shape``, ``format``: the
+    file is also readable by ``scipy.sparse.load_npz``), its validation
+    part under the same keys prefixed ``val_``; labels as ``y``, ``y_val``."""
+    if (X_val is None) != (y_val is None):
+        raise ValueError("give both X_val and y_val, or neither")
+    out = {"y": np.asarray(y)}
+    for prefix, M in (("", X), ("val_", X_val)):
+        if M is None:
+            continue
+        if sp.issparse(M):
+            M = sp.csr_matrix(M)
+            out.update({prefix + "data": M.data, prefix + "indices": M.indices,
+                        prefix + "indptr": M.indptr, prefix + "shape": np.array(M.shape),
+                        prefix + "format": np.array(b"csr")})
+        else:
+            out["X_val" if prefix else "X"] = np.asarray(M)
+    if y_val is not None:
+        out["y_val"] = np.asarray(y_val)
+    np.savez(path, **out)
+
+
+def _npz_matrix(path, z, prefix):
+    """The dense (``X``/``X_val``) or SciPy-layout sparse matrix under
+    ``prefix`` in an opened .npz, or None."""
+    dense = "X_val" if prefix else "X"
+    keys = [prefix + k for k in _SPARSE_KEYS]
+    if dense in z.files:
+        X = z[dense]
+        if X.ndim != 2:
+            raise DataFileError(f"{path}: {dense} has shape {X.shape}; expected (samples, "
+                                "features)")
+        return X
+    have = [k for k in keys if k in z.files]
+    if not have:
+        return None
+    if len(have) < len(keys):
+        raise DataFileError(f"{path}: a sparse matrix needs the keys {keys}; missing "
+                            f"{sorted(set(keys) - set(have))}")
+    fmt = z[prefix + "format"].item() if prefix + "format" in z.files else b"csr"
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    cls = {"csr": sp.csr_matrix, "csc": sp.csc_matrix}.get(fmt)
+    if cls is None:
+        raise DataFileError(f"{path}: sparse format {fmt!r}; expected csr or csc")
+    try:
+        M = cls((z[prefix + "data"], z[prefix + "indices"], z[prefix + "indptr"]),
+                shape=tuple(int(s) for s in z[prefix + "shape"]))
+    except (ValueError, TypeError) as e:
+        raise DataFileError(f"{path}: the sparse matrix under {prefix or 'the top level'!r} "
+                            f"is malformed ({e})") from None
+    return M.tocsr()
+
+
+def _read_npz(path):
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataFileError(f"{path}: not a readable .npz file ({e})") from None
+    with z:
+        X = _npz_matrix(path, z, "")
+        if X is None:
+            raise DataFileError(f"{path}: no data: expected X (dense) or data/indices/"
+                                f"indptr/shape (SciPy's sparse layout); the file has "
+                                f"{sorted(z.files)}")
+        if "y" not in z.files:
+            raise DataFileError(f"{path}: no labels: add y (fastbilevel.datasets.save_npz("
+                                "path, X, y) writes X and y together)")
+        y = z["y"]
+        Xv = _npz_matrix(path, z, "val_")
+        yv = z["y_val"] if "y_val" in z.files else None
+    if (Xv is None) != (yv is None):
+        raise DataFileError(f"{path}: has {'X_val' if Xv is not None else 'y_val'} without "
+                            f"{'y_val' if Xv is not None else 'X_val'}")
+    return X, y, Xv, yv
+
+
+def _read_svmlight(path):
+    try:
+        from sklearn.datasets import load_svmlight_file
+    except ImportError:
+        raise ImportError(f"{path}: reading svmlight/libsvm text needs scikit-learn: pip "
+                          "install 'fastbilevel[sklearn]' (or save the data with "
+                          "fastbilevel.datasets.save_npz)") from None
+    try:
+        X, y = load_svmlight_file(path)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}: not a readable svmlight/libsvm file ({e})") from None
+    return X.tocsr(), y, None, None
+
+
+def _labels(path, y, y_val, model):
+    """Infer the model if "auto" and encode the labels: (model, y, y_val, classes)."""
+    for name, v in (("y", y), ("y_val", y_val)):
+        if v is not None and (v.ndim != 1 or v.dtype.kind not in "biuf"):
+            raise DataFileError(f"{path}: {name} must be a 1-D array of numbers; got dtype "
+                                f"{v.dtype}, shape {v.shape}")
+        if v is not None and not np.all(np.isfinite(v)):
+            raise DataFileError(f"{path}: {name} has NaN or inf")
+    both = y if y_val is None else np.concatenate([y, y_val])
+    classes = np.unique(both)
+    integral = np.all(classes == np.round(classes))
+    if model == "auto":
+        model = ("logistic" if classes.size == 2 else
+                 "multinomial" if integral and 2 < classes.size <= 1000 else "linear")
+    if model == "linear":
+        return model, y.astype(np.float64), None if y_val is None else \
+            y_val.astype(np.float64), None
+    if classes.size < 2:
+        raise DataFileError(f"{path}: model={model!r} needs at least 2 classes; the labels "
+                            f"are all {classes[0]!r}")
+    if model == "logistic" and classes.size != 2:
+        raise DataFileError(f"{path}: model='logistic' needs 2 classes; the labels have "
+                            f"{classes.size} (use model='multinomial')")
+    enc = lambda v: None if v is None else np.searchsorted(classes, v).astype(np.float64)  # noqa: E731
+    return model, enc(y), enc(y_val), classes
+
+
+def load_file(path, model="auto", hyper="l2", val_fraction=0.2, seed=0, dtype=None,
+              reg=None):
+    """A :class:`Dataset` from the user's file.
+
+    Formats (by content, not by name): a ``.npz`` with ``X`` (dense) or
+    SciPy's sparse layout (``data``, ``indices``, ``indptr``, ``shape``,
+    ``format`` — what ``scipy.sparse.save_npz`` writes) plus labels ``y``,
+    optionally a validation part (``X_val`` or ``val_``-prefixed sparse
+    keys, and ``y_val``): see :func:`save_npz`. Anything else is read as
+    svmlight/libsvm text with scikit-learn's loader (``fastbilevel[sklearn]``).
+
+    model : "auto" (two label values: logistic; up to 1000 integer values:
+        multinomial; else linear), "linear", "logistic" or "multinomial".
+        Class labels are encoded as 0..c−1 in sorted order (``info["classes"]``).
+    val_fraction : the part of the samples held out for validation when the
+        file has no validation part (a seeded random split).
+
+    Raises :class:`DataFileError` (a ValueError) naming the file and the
+    problem for a file that cannot be used.
+    """
+    import os
+    if model not in MODEL_CHOICES:
+        raise ValueError(f"model={model!r}: choose one of {list(MODEL_CHOICES)}")
+    if not os.path.isfile(path):
+        raise DataFileError(f"{path}: no such file")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"PK\x03\x04":                       # a zip: .npz
+        X, y, Xv, yv = _read_npz(path)
+    else:
+        X, y, Xv, yv = _read_svmlight(path)
+    if y.shape[0] != X.shape[0]:
+        raise DataFileError(f"{path}: X has {X.shape[0]} samples but y has {y.shape[0]} labels")
+    if Xv is not None:
+        if Xv.shape[1] != X.shape[1]:
+            raise DataFileError(f"{path}: X has {X.shape[1]} features but the validation "
+                                f"part has {Xv.shape[1]}")
+        if yv.shape[0] != Xv.shape[0]:
+            raise DataFileError(f"{path}: the validation part has {Xv.shape[0]} samples but "
+                                f"{yv.shape[0]} labels")
+        if sp.issparse(X) != sp.issparse(Xv):
+            Xv = sp.csr_matrix(Xv) if sp.issparse(X) else Xv.toarray()
+    if X.dtype.kind not in "biuf":
+        raise DataFileError(f"{path}: X has dtype {X.dtype}; expected numbers")
+    model, y, yv, classes = _labels(path, y, yv, model)
+    split = Xv is None
+    if split:
+        frac = check_scalar("val_fraction", val_fraction)
+        if not 0.0 < frac < 1.0:
+            raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 1)")
+        n = X.shape[0]
+        k = int(round(frac * n))
+        if k < 1 or k > n - 1:
+            raise DataFileError(f"{path}: {n} samples cannot be split with val_fraction="
+                                f"{frac:g} (each part needs a sample)")
+        perm = _rng(seed).permutation(n)
+        va, tr = np.sort(perm[:k]), np.sort(perm[k:])
+        X, Xv, y, yv = X[tr], X[va], y[tr], y[va]
+    if dtype is not None:
+        X, Xv = X.astype(_dtype(dtype)), Xv.astype(_dtype(dtype))
+    info = {"path": path, "split": split}
+    if classes is not None:
+        info["classes"] = classes
+        if model == "multinomial":
+            info["n_classes"] = classes.size
+    name = os.path.basename(path)
+    return Dataset(name, X, y, Xv, yv, model, hyper,
+                   reg=reg if reg is not None else (1e-3 if hyper in ("sample_weights", "init")
+                                                    else 1.0 if hyper == "biased_l2" else None),
+                   **info)

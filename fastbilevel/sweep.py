@@ -68,6 +68,13 @@ class SweepResult:
     def __len__(self):
         return self.value.shape[0]
 
+    def plot(self, path=None, title=None):
+        """Outer value against λ with each hypergradient drawn as a slope (a
+        matplotlib Figure; written to ``path`` when given). Needs matplotlib
+        (``fastbilevel[plot]``)."""
+        from .plot import plot_sweep
+        return plot_sweep(self, path, title)
+
     @property
     def best(self):
         """Index of the setting with the lowest outer value (diverged ones

@@ -9,10 +9,48 @@ import numba
 import numpy as np
 import scipy
 
+from .. import datasets
 from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_dirs
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
                      machine_peaks, peak_rss_mb, run_bench, run_sweep_bench)
+
+
+def _data_options(f):
+    """--data, --model, --val-fraction: the user's own data instead of a
+    built-in problem."""
+    f = click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     default=0.2, show_default=True,
+                     help="With --data and no validation part in the file: the share of "
+                          "samples held out for validation (seeded by --seed).")(f)
+    f = click.option("--model", type=click.Choice(["auto", "linear", "logistic", "multinomial"]),
+                     default="auto", show_default=True,
+                     help="With --data: the model (auto: 2 label values → logistic, up to "
+                          "1000 integer values → multinomial, else linear).")(f)
+    f = click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
+                     help="Your data instead of a built-in problem: .npz with X, y [X_val, "
+                          "y_val] (dense, or sparse in SciPy's layout: "
+                          "fastbilevel.datasets.save_npz writes both) or svmlight/libsvm "
+                          "text (needs scikit-learn).")(f)
+    return f
+
+
+def _load(data_path, model, hyper, val_fraction, seed, dtype="float64"):
+    """The user's file as a Dataset; a file that cannot be used is a usage
+    error naming the file and the problem."""
+    try:
+        return datasets.load_file(data_path, model=model, hyper=hyper or "l2",
+                                  val_fraction=val_fraction, seed=seed, dtype=dtype)
+    except (ValueError, ImportError) as e:
+        raise click.BadParameter(str(e), param_hint="--data") from None
+
+
+def _write_plot(fig_fn, path):
+    try:
+        fig_fn(path)
+    except ImportError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(f"wrote {path}")
 
 
 @click.group()
@@ -52,8 +90,12 @@ def cli():
               help="Also time a reverse sweep of B settings: batched kernels, B single calls, "
                    "and the NumPy batched reference (also without this environment's "
                    "OpenBLAS override, in a child process).")
+@_data_options
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also draw the time per method with its roofline bound, and memory "
+                   "against time (needs matplotlib: fastbilevel[plot]).")
 def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss, steps, dtype,
-          repeats, quick, seed, json_path, sweep_B):
+          repeats, quick, seed, json_path, sweep_B, data_path, model, val_fraction, plot_path):
     """Time hypergradient methods on a built-in problem, with the roofline
     fraction (peak bandwidth and GEMM rate measured in the same run)."""
     meths = [m.strip() for m in methods.split(",") if m.strip()]
@@ -61,7 +103,7 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     if bad or not meths:
         raise click.BadParameter(f"unknown method(s) {bad}; choose from {list(METHODS)}",
                                  param_hint="--methods")
-    T = steps or (20 if quick else SIZES[problem][2])
+    T = steps or (20 if quick else (100 if data_path else SIZES[problem][2]))
     reps = repeats or (3 if quick else 5)
     t0 = time.perf_counter()
     peaks = machine_peaks(quick=quick)
@@ -70,14 +112,20 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
     rows = []
     for dt in dtypes:
-        ds = bench_dataset(problem, quick, seed, dt)
+        if data_path:
+            ds = _load(data_path, model, hyper, val_fraction, seed, dt)
+            name = ds.name
+        else:
+            ds = bench_dataset(problem, quick, seed, dt)
+            name = problem
         prob = ds.problem(hyper=hyper, dtype=dt)
-        click.echo(f"problem: {problem} {prob}")
+        click.echo(f"problem: {name} {prob}")
         opts = dict(solver=solver, momentum=momentum, snapshots=snapshots, schedule=schedule, K=K)
         new = run_bench(prob, default_lam(prob), meths, T, reps, peaks, **opts)
         if sweep_B:
             spec = {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
-                    "dtype": dt}
+                    "dtype": dt, "data": data_path, "model": model,
+                    "val_fraction": val_fraction}
             srows = run_sweep_bench(prob, sweep_B, T, reps, peaks, spec)
             new += srows
             s, one = srows[0], srows[1]
@@ -88,12 +136,17 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                        f"{np_best / s['median_s']:.2f}x the best NumPy batched reference")
         if rss:
             for r in new:
-                r["rss_before_MB"], r["rss_MB"] = peak_rss_mb({"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
-                                           "dtype": dt, "method": r["method"], "steps": T,
-                                           "opts": opts})
+                r["rss_before_MB"], r["rss_MB"] = peak_rss_mb(
+                    {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
+                     "dtype": dt, "method": r["method"], "steps": T, "opts": opts,
+                     "data": data_path, "model": model, "val_fraction": val_fraction})
         rows += new
     click.echo(format_table(rows))
     click.echo(f"total {time.perf_counter() - t0:.1f} s")
+    if plot_path:
+        from ..plot import plot_bench
+        _write_plot(lambda p: plot_bench(rows, p, title=f"fastbilevel bench: "
+                                         f"{data_path or problem}, T={T}"), plot_path)
     if json_path:
         with open(json_path, "w") as fh:
             json.dump({"problem": problem, "quick": quick, "machine": peaks,
@@ -153,13 +206,22 @@ def _parse_lams(spec):
               help="Progress bar over chunks [on a terminal, when tqdm is installed].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write λ values, outer values, hypergradients and flags to this file.")
+@_data_options
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also draw the outer value against λ with the hypergradients as slopes "
+                   "(needs matplotlib: fastbilevel[plot]).")
 def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, quick, seed,
-              scheduler, chunk_size, progress, json_path):
+              scheduler, chunk_size, progress, json_path, data_path, model, val_fraction,
+              plot_path):
     """Hypergradients (or, with --method solve, outer values) of many settings
     of λ at once, on a built-in problem; the best setting is marked."""
     from ..sweep import sweep
     values = _parse_lams(lams_spec)
-    ds = bench_dataset(problem, quick, seed, "float64")
+    if data_path:
+        ds = _load(data_path, model, hyper, val_fraction, seed)
+        problem = ds.name
+    else:
+        ds = bench_dataset(problem, quick, seed, "float64")
     prob = ds.problem(hyper=hyper)
     lams = values.reshape((-1,) + (1,) * len(prob.lam_shape)) * np.ones(prob.lam_shape)
     B = len(values)
@@ -210,6 +272,8 @@ def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, qu
         with open(json_path, "w") as fh:
             json.dump(out, fh, indent=2)
         click.echo(f"wrote {json_path}")
+    if plot_path:
+        _write_plot(lambda p: r.plot(p), plot_path)
 
 
 def _nan_to_none(a):
@@ -261,6 +325,126 @@ def _has_layer():
         return True
     except ValueError:
         return False
+
+
+
+@cli.command("minimize")
+@click.option("--problem", type=click.Choice(["hypercleaning", "text", "ridge", "binary"]),
+              default="ridge", show_default=True,
+              help="Built-in problem (ignored with --data).")
+@_data_options
+@click.option("--hyper", type=click.Choice(["sample_weights", "feature_l2", "l2", "biased_l2",
+                                            "init"]),
+              default=None, help="Hyperparameter map [l2 with --data, else the problem's].")
+@click.option("--method", type=click.Choice(["implicit", "reverse", "checkpointed", "recompute",
+                                             "truncated", "forward", "stocbio", "fsla"]),
+              default="implicit", show_default=True, help="Hypergradient estimator.")
+@click.option("--outer", type=click.Choice(["adam", "sgd", "nesterov", "hoag"]), default=None,
+              help="Outer update [adam; fsla has its own].")
+@click.option("--iters", type=click.IntRange(1), default=50, show_default=True,
+              help="Outer iterations.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="Outer step size.")
+@click.option("--steps", "-T", type=click.IntRange(0), default=100, show_default=True,
+              help="Inner steps per outer iteration (warm-started).")
+@click.option("--solver", type=click.Choice(["gd", "heavy_ball", "agd"]), default="gd",
+              show_default=True)
+@click.option("--lam0", type=float, default=0.0, show_default=True,
+              help="Starting λ: every entry this value.")
+@click.option("--quick", is_flag=True, help="The small size of a built-in problem.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar with the outer value [on a terminal, when tqdm is installed].")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the learned λ and the history here: .json or .npz (by the suffix). "
+                   "On Ctrl-C the iterations done are written.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also draw the outer value and hypergradient norm against time and "
+                   "passes (needs matplotlib: fastbilevel[plot]).")
+def minimize_cmd(problem, data_path, model, val_fraction, hyper, method, outer, iters, lr,
+                 steps, solver, lam0, quick, seed, progress, out_path, plot_path):
+    """Learn λ: the outer loop (hypergradient descent on the validation
+    loss) on a built-in problem or your --data; prints the history and
+    writes λ and the history with --out. Ctrl-C stops it and keeps what was
+    done."""
+    from ..minimize import minimize
+    from .._results import MinimizeInterrupted
+    if out_path and not out_path.endswith((".json", ".npz")):
+        raise click.BadParameter(f"{out_path!r}: give a .json or .npz file name",
+                                 param_hint="--out")
+    if data_path:
+        ds = _load(data_path, model, hyper, val_fraction, seed)
+        name = ds.name
+    else:
+        ds = bench_dataset(problem, quick, seed, "float64")
+        name = problem
+    prob = ds.problem(hyper=hyper)
+    if progress is None:
+        progress = _tty() and _has_tqdm()
+    lam = np.full(prob.lam_shape, float(lam0))
+    kw = dict(method=method, iters=iters, lr=lr, steps=steps, progress=progress)
+    if method != "fsla":
+        kw.update(outer=outer, solver=solver)
+    elif outer is not None:
+        raise click.BadParameter("fsla updates λ itself: leave --outer out",
+                                 param_hint="--outer")
+    if method in ("stocbio", "fsla"):
+        kw.pop("solver", None)
+        kw["seed"] = seed
+    if method == "fsla":
+        kw.pop("steps")
+    click.echo(f"problem: {name} {prob}; method={method}, {iters} outer iterations")
+    interrupted = False
+    try:
+        res = minimize(prob, lam, **kw)
+    except MinimizeInterrupted as e:
+        res, interrupted = e.result, True
+        click.echo(f"interrupted after {len(res.history)} outer iterations")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    hist = res.history
+    if len(hist):
+        click.echo(_thin_table(hist))
+        ov = hist.outer_value
+        click.echo(f"outer value {ov[0]:.6g} -> {ov[-1]:.6g} (best {np.nanmin(ov):.6g}) in "
+                   f"{hist.time_s[-1]:.3f} s, {hist.passes[-1]} passes")
+    lam_out = np.asarray(res.lam, dtype=float)
+    click.echo("λ: " + (f"{float(lam_out):.6g}" if lam_out.ndim == 0 else
+                        f"{lam_out.size} values, mean {lam_out.mean():.4g}, range "
+                        f"[{lam_out.min():.4g}, {lam_out.max():.4g}]"))
+    if out_path:
+        _write_minimize(out_path, name, method, lam_out, hist, interrupted)
+        click.echo(f"wrote {out_path}")
+    if plot_path and len(hist):
+        _write_plot(lambda p: hist.plot(p), plot_path)
+    if interrupted:
+        raise SystemExit(130)
+
+
+def _thin_table(hist, rows=20):
+    """The history table with at most ``rows`` iterations (evenly spaced,
+    the last always shown)."""
+    lines = hist.as_table().splitlines()
+    body = lines[1:]
+    if len(body) <= rows:
+        return "\n".join(lines)
+    keep = sorted(set(np.linspace(0, len(body) - 1, rows).round().astype(int)))
+    return "\n".join([lines[0]] + [body[i] for i in keep])
+
+
+def _write_minimize(path, name, method, lam, hist, interrupted):
+    fields = {f: getattr(hist, f) for f in hist.FIELDS}
+    if path.endswith(".npz"):
+        np.savez(path, lam=lam, interrupted=interrupted,
+                 **{f"history_{k}": np.asarray(v) for k, v in fields.items()})
+        return
+    out = {"problem": name, "method": method, "interrupted": interrupted,
+           "lam": _nan_to_none(lam) if lam.ndim else (None if not np.isfinite(lam)
+                                                       else float(lam)),
+           "history": {k: (v.tolist() if v.dtype.kind in "bi" else _nan_to_none(v))
+                       for k, v in fields.items()}}
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=2)
 
 
 if __name__ == "__main__":  # pragma: no cover
