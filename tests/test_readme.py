@@ -10,7 +10,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     rng = np.random.default_rng(0)
     X, X_val = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
     ns = {"X": X, "y": np.sign(X[:, 0] + 0.1), "X_val": X_val, "y_val": np.sign(X_val[:, 0] + 0.1)}
@@ -34,13 +34,22 @@ def test_readme_examples_run():
     np.testing.assert_allclose(ns["grid"].value, ns["sw"].value, rtol=1e-12)
     assert ns["best"] == int(np.argmin(ns["sw"].value))
     run(3)
+    # the estimator's refit is scikit-learn's own model at the learned C
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    Xs = StandardScaler().fit_transform(ns["Xb"])
+    ref = LogisticRegression(C=ns["hlr"].C_, tol=1e-12, max_iter=10000).fit(Xs, ns["yb"])
+    np.testing.assert_allclose(ns["clf"].predict_proba(ns["Xb"]), ref.predict_proba(Xs),
+                               atol=1e-4)
+    assert ns["rw"].sample_weight_.shape == (40,) and len(ns["rw"].suspicious_) == 40
+    run(4)
     # the seed fixes every batch of the stocBiO estimate
     again = fb.hypergradient(ns["prob"], np.zeros(ns["prob"].n), "stocbio", steps=20, Q=10,
                              batch_size=64, seed=0)
     assert np.array_equal(ns["g"].grad, again.grad)
     assert ns["fres"].history.outer_value[-1] < ns["fres"].history.outer_value[0]
     assert len(ns["sres"].history) == 20 and len(ns["mres"].history) == 50
-    run(4)
+    run(5)
     # the embedding example equals the API, λ by λ
     prob = fb.BilevelProblem("logistic", "l2", X, ns["y"], X_val, ns["y_val"])
     want = [fb.hypergradient(prob, lam, steps=30, step_size=0.5).grad
