@@ -157,7 +157,8 @@ def check_labels(name, y, n, model):
         raise ValueError(f"{name} has {y.shape[0]} labels for {n} samples")
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{name} has dtype {y.dtype}; expected numbers")
-    y = np.ascontiguousarray(y, dtype=np.float64)
+    # always a fresh writable copy: a read-only y (a memmap) would type the kernels anew
+    y = np.array(y, dtype=np.float64, order="C")
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{name} contains NaN or inf")
     return MODELS[model].labels(name, y)

@@ -136,7 +136,7 @@ def test_cli_sweep_on_a_file_equals_the_api(files, name):
 def test_cli_bench_on_a_file(files):
     path, _, _ = files
     res = CliRunner().invoke(cli, ["bench", "--data", str(path / "sparse.npz"), "--methods",
-                                   "reverse,numpy", "-T", "5", "--repeats", "1"])
+                                   "reverse,numpy", "-T", "5", "--repeats", "1", "--quick"])
     assert res.exit_code == 0, res.output
     assert "problem: sparse.npz" in res.output and "csr float64" in res.output
     assert res.output.count("\nreverse ") == 1
@@ -188,7 +188,7 @@ def test_cli_plots(files):
     pytest.importorskip("matplotlib")
     path, _, _ = files
     for args, png in ((["bench", "--data", str(path / "dense.npz"), "--methods",
-                        "reverse,checkpointed,numpy", "-T", "5", "--repeats", "1"], "b.png"),
+                        "reverse,checkpointed,numpy", "-T", "5", "--repeats", "1", "--quick"], "b.png"),
                       (["sweep", "--data", str(path / "dense.npz"), "--lams=-3:0:4", "-T", "5",
                         "--no-progress"], "s.png"),
                       (["minimize", "--data", str(path / "dense.npz"), "--iters", "3", "-T", "5",

@@ -19,7 +19,6 @@ from fastbilevel.sklearn import HyperLogisticRegression, HyperRidge, SampleRewei
 
 # small outer loops keep scikit-learn's ~50 checks per estimator quick
 CHECKED = [HyperLogisticRegression(outer_iters=5), HyperRidge(outer_iters=5),
-           HyperLogisticRegression(hyper="feature_l2", outer_iters=3, method="reverse"),
            SampleReweighter(outer_iters=5)]
 
 
