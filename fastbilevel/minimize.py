@@ -39,6 +39,16 @@ def _check_outer_step(problem, lam, k, lr, outer):
                          "bounds=(low, high)")
 
 
+def _call_back(callback, k, point, result):
+    """``callback(k, point, result)`` if given: (whether it asks to stop,
+    seconds it took — left out of the history's wall time)."""
+    if callback is None:
+        return False, 0.0
+    tc = time.perf_counter()
+    stop = callback(k, point.copy(), result)
+    return bool(stop), time.perf_counter() - tc
+
+
 def _outer_step(outer, k, lr, decay, betas, beta, bnd, lam, z, m1, m2, g):
     """One outer update at iteration k from the hypergradient g (taken at z
     for nesterov, at λ otherwise): returns the new (λ, z, m1, m2), clipped to
@@ -250,12 +260,10 @@ def _outer_loop(problem, method, outer, iters, lr, decay, betas, beta, bnd, lam,
                      time_s=time.perf_counter() - t0 - t_cb, accepted=True, tol=math.nan)
         w, v, last = r.w, r.stats.get("v"), r
         run.record(r.value, point)
-        if callback is not None:
-            tc = time.perf_counter()
-            stop = callback(k, point.copy(), r)
-            t_cb += time.perf_counter() - tc
-            if stop:
-                break
+        stop, spent = _call_back(callback, k, point, r)
+        t_cb += spent
+        if stop:
+            break
         lam, z, m1, m2 = _outer_step(outer, k, lr, decay, betas, beta, bnd, lam, z, m1, m2, g)
         _check_outer_step(problem, z, k, lr, outer)
     return MinimizeResult(lam, hist, w, v, last)
@@ -483,12 +491,10 @@ def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1
                 v = np.zeros((B,) + problem.w_shape) if v is None else v
                 # the batched solve's v per start, for the next warm start
                 v[idx] = _sweep_v(problem, r)
-            if callback is not None:
-                tc = time.perf_counter()
-                stop = callback(k, point.copy(), r)
-                t_cb += time.perf_counter() - tc
-                if stop:
-                    break
+            stop, spent = _call_back(callback, k, point, r)
+            t_cb += spent
+            if stop:
+                break
             upd = active.copy()
             lam[upd], z[upd], m1[upd], m2[upd] = _outer_step(outer, k, lr, decay, betas, beta, bnd,
                                                              lam[upd], z[upd], m1[upd], m2[upd],

@@ -152,8 +152,43 @@ class _Outer:
             self.m1, self.m2, grad)
 
 
+def _hypergradient_step(prob, lam, w, v, est, beta, scale):
+    """One outer iteration's hypergradient for an estimator's settings:
+    ``implicit`` solves the inner problem to ``est.tol`` first (warm start
+    ``w``) and warm-starts CG from ``v``; the unrolled methods differentiate
+    ``est.steps`` AGD steps from ``w``. Returns (result, w, v, passes)."""
+    if est.method == "implicit":
+        w, passes = _solve_to(prob, lam, w, est.tol, est.steps, est.max_inner_steps, beta,
+                              scale)
+        r = hypergradient(prob, lam, "implicit", "agd", steps=0, w0=w, v0=v, momentum=beta,
+                          tol=est.tol)
+        return r, w, r.stats["v"], passes + r.stats["passes"]
+    r = hypergradient(prob, lam, est.method, "agd", steps=est.steps, w0=w, momentum=beta)
+    return r, r.w, v, r.stats["passes"]
+
+
+class _HyperBase(BaseEstimator):
+    """What the three estimators share: sparse input, and the checks of the
+    outer-loop parameters."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def _check_outer_params(self):
+        _check_param("method", self.method, None, choices=_METHODS)
+        _check_param("steps", self.steps, int, low=1)
+        _check_param("outer_iters", self.outer_iters, int, low=0)
+        _check_param("lr", self.lr, float, low=0.0)
+        _check_param("validation_fraction", self.validation_fraction, float, low=0.01,
+                     high=0.9)
+        _check_param("tol", self.tol, float, low=0.0)
+        _check_param("max_inner_steps", self.max_inner_steps, int, low=1)
+
+
 # ----------------------------------------------------- regularization learners
-class _HyperLinear(BaseEstimator):
+class _HyperLinear(_HyperBase):
     """Shared fit of HyperLogisticRegression and HyperRidge."""
 
     _model_kind = None          # "classifier" | "regressor"
@@ -173,23 +208,11 @@ class _HyperLinear(BaseEstimator):
         self.max_inner_steps = max_inner_steps
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
     def _check_params(self):
         if self.cv is not None:
             _check_param("cv", self.cv, int, low=2)
         _check_param("hyper", self.hyper, None, choices=("l2", "feature_l2"))
-        _check_param("method", self.method, None, choices=_METHODS)
-        _check_param("steps", self.steps, int, low=1)
-        _check_param("outer_iters", self.outer_iters, int, low=0)
-        _check_param("lr", self.lr, float, low=0.0)
-        _check_param("validation_fraction", self.validation_fraction, float, low=0.01,
-                     high=0.9)
-        _check_param("tol", self.tol, float, low=0.0)
-        _check_param("max_inner_steps", self.max_inner_steps, int, low=1)
+        self._check_outer_params()
         if self.lam0 is not None:
             _check_param("lam0", self.lam0, float)
 
@@ -223,21 +246,12 @@ class _HyperLinear(BaseEstimator):
             mu = math.exp(float(np.min(outer.theta)))
             value, g, resid, lin, inner_g = 0.0, 0.0, 0.0, 0, 0.0
             for f, prob in enumerate(probs):     # the outer loss: the mean over the folds
-                beta = _momentum(prob, lam, mu)
+                r, ws[f], vs[f], p = _hypergradient_step(prob, lam, ws[f], vs[f], self,
+                                                         _momentum(prob, lam, mu), scales[f])
+                passes += p
                 if self.method == "implicit":
-                    ws[f], steps = _solve_to(prob, lam, ws[f], self.tol, self.steps,
-                                             self.max_inner_steps, beta, scales[f])
-                    r = hypergradient(prob, lam, "implicit", "agd", steps=0, w0=ws[f],
-                                      v0=vs[f], momentum=beta, tol=self.tol)
-                    vs[f] = r.stats["v"]
-                    passes += steps + r.stats["passes"]
                     resid = max(resid, r.stats["residual"])
                     lin += r.stats["linear_steps"]
-                else:
-                    r = hypergradient(prob, lam, self.method, "agd", steps=self.steps,
-                                      w0=ws[f], momentum=beta)
-                    ws[f] = r.w
-                    passes += r.stats["passes"]
                 value += r.value / K
                 g = g + r.grad[:d] / K
                 inner_g = max(inner_g, float(np.linalg.norm(prob.inner_grad(r.w, lam))))
@@ -409,7 +423,7 @@ class HyperRidge(RegressorMixin, _HyperLinear):
 
 
 # ---------------------------------------------------------------- reweighting
-class SampleReweighter(_LinearClassifier, BaseEstimator):
+class SampleReweighter(_LinearClassifier, _HyperBase):
     """Hyper-cleaning: learn a weight per training sample so that a
     (multinomial) logistic regression trained on the weighted samples has a
     low loss on a trusted validation set.
@@ -454,23 +468,11 @@ class SampleReweighter(_LinearClassifier, BaseEstimator):
         self.max_inner_steps = max_inner_steps
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
     def fit(self, X, y, X_val=None, y_val=None):
         _check_param("C", self.C, float, low=0.0)
         if not self.C > 0:
             raise ValueError(f"C={self.C!r} must be > 0")
-        _check_param("method", self.method, None, choices=_METHODS)
-        _check_param("steps", self.steps, int, low=1)
-        _check_param("outer_iters", self.outer_iters, int, low=0)
-        _check_param("lr", self.lr, float, low=0.0)
-        _check_param("validation_fraction", self.validation_fraction, float, low=0.01,
-                     high=0.9)
-        _check_param("tol", self.tol, float, low=0.0)
-        _check_param("max_inner_steps", self.max_inner_steps, int, low=1)
+        self._check_outer_params()
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64)
         yk, c = self._encode(y)
         n, d = X.shape
@@ -503,17 +505,8 @@ class SampleReweighter(_LinearClassifier, BaseEstimator):
         passes = 0
         for k in range(self.outer_iters):
             lam = outer.theta
-            if self.method == "implicit":
-                w, steps = _solve_to(prob, lam, w, self.tol, self.steps, self.max_inner_steps,
-                                     None, scale)
-                r = hypergradient(prob, lam, "implicit", "agd", steps=0, w0=w, v0=v,
-                                  tol=self.tol)
-                v = r.stats["v"]
-                passes += steps + r.stats["passes"]
-            else:
-                r = hypergradient(prob, lam, self.method, "agd", steps=self.steps, w0=w)
-                w = r.w
-                passes += r.stats["passes"]
+            r, w, v, p = _hypergradient_step(prob, lam, w, v, self, None, scale)
+            passes += p
             hist._append(outer_value=r.value, grad_norm=float(np.linalg.norm(r.grad)),
                          inner_grad_norm=math.nan, residual=r.stats.get("residual", math.nan),
                          linear_steps=r.stats.get("linear_steps", 0), passes=passes,

@@ -71,3 +71,24 @@ def same_output_on_1_and_2_threads(script):
         outs.append(subprocess.run([sys.executable, "-c", script], env=env, check=True,
                                    capture_output=True, text=True).stdout)
     assert outs[0] == outs[1] and outs[0].strip()
+
+
+def sigint_subprocess(args, ready, wait=0.0):
+    """Run ``args`` (a command list), wait for its first stdout line (checked
+    by ``ready(line)``) and ``wait`` seconds more, send SIGINT and collect
+    it: (returncode, stdout, stderr, seconds from SIGINT to exit). The
+    120 s limit guards against a hang; the delay is for printing, never
+    for asserting."""
+    import signal
+    import time
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert ready(line), (line, proc.stderr.read()[-2000:] if proc.poll() is not None else "")
+        time.sleep(wait)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err, time.perf_counter() - t0

@@ -1,17 +1,16 @@
 """Bad input and hostile environments: each gets a named error that says what
 to change, never a silent wrong answer, a hang or a crash."""
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 import fastbilevel as fb
+from conftest import sigint_subprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,18 +131,10 @@ def test_ctrl_c_stops_a_long_run(call, method):
     stops it with a KeyboardInterrupt. The wait is a guard against a hang,
     not a timing assertion: the measured delay is printed."""
     script = LONG_SOLVE.format(call=call, method=method)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "running"
-        time.sleep(1.0)
-        t0 = time.perf_counter()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    print(f"{call}: exited {time.perf_counter() - t0:.3f} s after SIGINT; {out.strip()}")
-    assert proc.returncode == 3, err[-2000:]
+    rc, out, err, delay = sigint_subprocess([sys.executable, "-c", script],
+                                            lambda line: line.strip() == "running", wait=1.0)
+    print(f"{call}: exited {delay:.3f} s after SIGINT; {out.strip()}")
+    assert rc == 3, err[-2000:]
     assert "interrupted after" in out
 
 

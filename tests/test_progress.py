@@ -1,9 +1,7 @@
 """Long runs are visible and interruptible: progress bars that change no
 result, Ctrl-C in minimize with the partial result, the compile notice."""
-import signal
-import subprocess
+import json
 import sys
-import time
 
 import numba
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import fastbilevel as fb
 from fastbilevel import _cache
 from fastbilevel.kernels.data import Data
+from conftest import sigint_subprocess
 
 
 def _ridge():
@@ -107,17 +106,11 @@ def test_ctrl_c_in_minimize_gives_the_partial_result(call, lam0):
     """SIGINT during a run of 10^6 outer iterations: MinimizeInterrupted with
     the iterations done and the best λ. The wait is a guard against a hang,
     not a timing assertion: the measured delay is printed."""
-    proc = subprocess.Popen([sys.executable, "-c", LONG_MINIMIZE.format(call=call, lam0=lam0)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "running"
-        t0 = time.perf_counter()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    print(f"{call}: exited {time.perf_counter() - t0:.3f} s after SIGINT; {out.strip()}")
-    assert proc.returncode == 3, err[-2000:]
+    rc, out, err, delay = sigint_subprocess(
+        [sys.executable, "-c", LONG_MINIMIZE.format(call=call, lam0=lam0)],
+        lambda line: line.strip() == "running")
+    print(f"{call}: exited {delay:.3f} s after SIGINT; {out.strip()}")
+    assert rc == 3, err[-2000:]
     word, n, best_ok, finite, shape = out.split(maxsplit=4)
     assert word == "interrupted" and int(n) >= 3
     assert best_ok == "True" and finite == "True"
@@ -126,21 +119,13 @@ def test_ctrl_c_in_minimize_gives_the_partial_result(call, lam0):
 
 def test_ctrl_c_in_the_minimize_command_writes_the_partial_result(tmp_path):
     out = tmp_path / "lam.json"
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "fastbilevel.cli.main", "minimize",
-                             "--problem", "ridge", "--quick", "--method", "reverse",
-                             "--iters", "1000000", "-T", "200", "--lr", "0.01",
-                             "--no-progress", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().startswith("problem: ridge")
-        time.sleep(3.0)                     # some outer iterations (not a timing assertion)
-        proc.send_signal(signal.SIGINT)
-        stdout, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    rc, stdout, err, _ = sigint_subprocess(
+        [sys.executable, "-u", "-m", "fastbilevel.cli.main", "minimize", "--problem", "ridge",
+         "--quick", "--method", "reverse", "--iters", "1000000", "-T", "200", "--lr", "0.01",
+         "--no-progress", "--out", str(out)],
+        lambda line: line.startswith("problem: ridge"), wait=3.0)   # some outer iterations
+    assert rc == 130, err[-2000:]
     assert "interrupted after" in stdout and f"wrote {out}" in stdout
-    import json
     got = json.loads(out.read_text())
     assert got["interrupted"] is True
     n = len(got["history"]["outer_value"])

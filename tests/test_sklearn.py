@@ -18,8 +18,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from fastbilevel.sklearn import HyperLogisticRegression, HyperRidge, SampleReweighter  # noqa: E402
 
 # small outer loops keep scikit-learn's ~50 checks per estimator quick
-CHECKED = [HyperLogisticRegression(outer_iters=5), HyperRidge(outer_iters=5),
-           SampleReweighter(outer_iters=5)]
+CHECKED = [HyperLogisticRegression(outer_iters=2, steps=20), HyperRidge(outer_iters=2, steps=20),
+           SampleReweighter(outer_iters=2, steps=20)]
 
 
 @parametrize_with_checks(CHECKED)
