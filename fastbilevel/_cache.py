@@ -201,8 +201,8 @@ class _CompileNotice(_event.Listener):
         stream = sys.__stderr__ or sys.stderr
         if stream is not None:
             print(f"fastbilevel: compiling kernels for {kind} data; this happens once "
-                  f"(later runs load them from {resolved_cache_dir()})", file=stream,
-                  flush=True)
+                  f"(later runs load them from {resolved_cache_dir()}; `fastbilevel "
+                  "compile` fills the cache ahead of time)", file=stream, flush=True)
 
     def on_end(self, event):
         pass

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +160,34 @@ def test_bench_sweep_rows(tmp_path, monkeypatch):
     assert sw["speedup_vs_singles"] == pytest.approx(one["median_s"] / sw["median_s"])
     assert sw["flops"] == one["flops"] and sw["bytes"] < one["bytes"]
     assert "throughput of 3 single calls" in res.output
+
+
+NO_COMPILES = """
+import numba.core.event as ev, sys
+compiled = []
+class L(ev.Listener):
+    def on_start(self, e):
+        f = e.data["dispatcher"].py_func
+        if f.__module__.startswith("fastbilevel"):
+            compiled.append(f.__module__ + "." + f.__name__)
+    def on_end(self, e):
+        pass
+ev.register("numba:compile", L())
+from fastbilevel._warmup import warm
+warm(("dense",), ("float64",), echo=lambda line: None)
+print("compiled:", sorted(set(compiled)))
+"""
+
+
+def test_compile_fills_the_cache_for_a_new_process():
+    # after `fastbilevel compile`, a new process running every kernel family
+    # loads them all from the cache: not one compile
+    res = CliRunner().invoke(cli, ["compile", "--formats", "dense", "--dtypes", "float64"])
+    assert res.exit_code == 0, res.output
+    assert "dense float64: implicit solves" in res.output
+    assert "10 kernel families ready" in res.output
+    out = subprocess.run([sys.executable, "-c", NO_COMPILES], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().endswith("compiled: []"), out.stdout + out.stderr[-2000:]
+    bad = CliRunner().invoke(cli, ["compile", "--formats", "dense,coo"])
+    assert bad.exit_code == 2 and "coo" in bad.output and "dense, csr" in bad.output
