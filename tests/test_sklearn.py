@@ -156,3 +156,13 @@ def test_reweighter_holdout_keeps_weight_one():
     np.testing.assert_array_equal(est.sample_weight_[va], 1.0)
     assert np.intersect1d(est.suspicious_, va).size == 0
     assert est.suspicious_.size == 90
+
+
+def test_without_scikit_learn_the_error_names_the_extra():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "try:\n    import fastbilevel.sklearn\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'fastbilevel[sklearn]'" in out.stdout
