@@ -240,10 +240,19 @@ def _batchable(method, solver):
     return method in _BATCHED_METHODS and solver in _BATCHED_SOLVERS
 
 
+# below this many settings a CSR sweep runs setting by setting: the batched
+# CSR pass has a cost per pass that does not shrink with B (the column-owned
+# accumulation over Xᵀ), measured on the text problem (T=20, 2 threads) to
+# cross the per-setting runs at B ≈ 6 (n=11314, 1.74M nnz) and ≈ 7 (quick)
+CSR_ROWS_MIN_SETTINGS = 8
+
+
 def _choose_strategy(problem, method, solver, strategy, B):
     """"rows" (batched kernels) where the method and solver allow it, unless
     the rows are too few to split among the threads (fewer than 64 per
-    thread) and there are settings to go round: then "settings"."""
+    thread) and there are settings to go round, or the data are CSR and
+    there are fewer than ``CSR_ROWS_MIN_SETTINGS`` settings: then
+    "settings"."""
     _checks.check_choice("strategy", strategy, STRATEGIES)
     can = _batchable(method, solver)
     if strategy == "rows":
@@ -255,6 +264,8 @@ def _choose_strategy(problem, method, solver, strategy, B):
                 "strategy='settings' or 'auto'")
         return "rows"
     if strategy == "settings" or not can:
+        return "settings"
+    if problem.sparse and B < CSR_ROWS_MIN_SETTINGS:
         return "settings"
     threads = numba.get_num_threads()
     if problem.n < 64 * threads and B >= threads and threads > 1 and _threadsafe():
@@ -306,7 +317,10 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
         ``settings``: one single-setting run per setting, as many at a time
         as Numba has threads (forward, stocbio and sgd always run so: their
         passes cannot be shared). ``auto``: rows where possible, unless the
-        problem has fewer than 64 rows per thread.
+        problem has fewer than 64 rows per thread, or is CSR with fewer
+        than ``CSR_ROWS_MIN_SETTINGS`` (8) settings (the batched CSR pass
+        has a cost per pass that B does not divide: below 8 settings the
+        single-setting runs were faster in our measurements).
     chunk_size : int, optional
         Settings per batched kernel call (default all B, or B split evenly
         over the Dask workers): bounds the memory held at once, and a
@@ -352,7 +366,9 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
     for name, shape in (("step_size", ()), ("momentum", ()), ("seed", ()),
                         ("w0", problem.w_shape), ("v0", problem.w_shape)):
         _per_setting(name, given.get(name), B, shape)
-    strat = _choose_strategy(problem, method, solver, strategy, B)
+    # the kernels see chunks of chunk_size settings
+    strat = _choose_strategy(problem, method, solver, strategy,
+                             B if chunk_size is None else min(B, chunk_size))
     opts = dict(method=method, solver=solver, steps=T, step_size=step_size, w0=w0, K=K,
                 snapshots=snapshots, schedule=schedule, momentum=momentum,
                 linear_solver=linear_solver, tol=tol, v0=v0, eta=eta, batch_size=batch_size,

@@ -68,7 +68,7 @@ def test_momentum_solvers_with_per_setting_steps(solver, fmt):
     w0 = np.random.default_rng(3).standard_normal((B,) + prob.w_shape) * 0.1
     for method in ("reverse", "checkpointed"):
         sw = fb.sweep(prob, lams, method=method, solver=solver, steps=8, step_size=steps,
-                      momentum=moms, w0=w0)
+                      momentum=moms, w0=w0, strategy="rows")
         singles = [fb.hypergradient(prob, lams[b], method=method, solver=solver, steps=8,
                                     step_size=steps[b], momentum=moms[b], w0=w0[b])
                    for b in range(B)]
@@ -100,6 +100,13 @@ def test_auto_strategy_and_refusals():
     prob, _ = make_problem("logistic", "l2", "dense64")       # 37 rows: few per thread
     lams = np.array([-1.0, 0.0])
     assert fb.sweep(prob, lams, method="forward", steps=3).stats["strategy"] == "settings"
+    # CSR: the batched pass pays from CSR_ROWS_MIN_SETTINGS settings on; dense: always
+    big, _ = make_problem("logistic", "l2", "csr64", n=300)
+    few, many = np.linspace(-2, 0, 3), np.linspace(-2, 0, 8)
+    assert fb.sweep(big, few, steps=3).stats["strategy"] == "settings"
+    assert fb.sweep(big, many, steps=3).stats["strategy"] == "rows"
+    dense, _ = make_problem("logistic", "l2", "dense64", n=300)
+    assert fb.sweep(dense, few, steps=3).stats["strategy"] == "rows"
     with pytest.raises(ValueError, match="strategy='rows'.*forward"):
         fb.sweep(prob, lams, method="forward", steps=3, strategy="rows")
     with pytest.raises(ValueError, match=r"lams has shape \(2, 1\).*\(B,\) \+ \(\)"):

@@ -215,7 +215,7 @@ def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, qu
               plot_path):
     """Hypergradients (or, with --method solve, outer values) of many settings
     of λ at once, on a built-in problem; the best setting is marked."""
-    from ..sweep import sweep
+    from ..sweep import CSR_ROWS_MIN_SETTINGS, sweep
     values = _parse_lams(lams_spec)
     if data_path:
         ds = _load(data_path, model, hyper, val_fraction, seed)
@@ -228,7 +228,8 @@ def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, qu
     if progress is None:
         progress = _tty() and _has_tqdm() and B > 1
     if progress and chunk_size is None and scheduler is None:
-        chunk_size = max(1, -(-B // 10))        # about ten steps of the bar
+        # about ten steps of the bar, in chunks the batched CSR pass still pays on
+        chunk_size = max(CSR_ROWS_MIN_SETTINGS, -(-B // 10))
     client = None
     if scheduler:
         try:
