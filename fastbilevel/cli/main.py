@@ -109,6 +109,11 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     peaks = machine_peaks(quick=quick)
     click.echo(f"machine: read {peaks['read_GBps']:.1f} GB/s, GEMM {peaks['gemm_GFLOPs']:.1f} GFLOP/s "
                f"(float64), {_threads()} threads")
+    if peaks["gemm_GFLOPs_free"] is not None:
+        over = ", ".join(f"{k}={v}" for k, v in peaks["blas_overrides"].items())
+        click.echo(f"  NumPy GEMM: {peaks['gemm_GFLOPs_process']:.1f} GFLOP/s in this process "
+                   f"({over}), {peaks['gemm_GFLOPs_free']:.1f} without that override (a child "
+                   "process); the roofline uses the higher")
     dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
     rows = []
     for dt in dtypes:
@@ -121,11 +126,10 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
         prob = ds.problem(hyper=hyper, dtype=dt)
         click.echo(f"problem: {name} {prob}")
         opts = dict(solver=solver, momentum=momentum, snapshots=snapshots, schedule=schedule, K=K)
-        new = run_bench(prob, default_lam(prob), meths, T, reps, peaks, **opts)
+        spec = {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
+                "dtype": dt, "data": data_path, "model": model, "val_fraction": val_fraction}
+        new = run_bench(prob, default_lam(prob), meths, T, reps, peaks, spec=spec, **opts)
         if sweep_B:
-            spec = {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
-                    "dtype": dt, "data": data_path, "model": model,
-                    "val_fraction": val_fraction}
             srows = run_sweep_bench(prob, sweep_B, T, reps, peaks, spec)
             new += srows
             s, one = srows[0], srows[1]
