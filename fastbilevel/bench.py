@@ -130,15 +130,17 @@ def machine_peaks(quick=False):
     del a
     k, reps = (1500, 3) if quick else (3000, 5)
     here = gemm_rate(k, reps)
-    free = _gemm_child(k, reps) if any(v in os.environ for v in BLAS_OVERRIDES) else None
+    overridden = any(v in os.environ for v in BLAS_OVERRIDES)
+    free = _without_override({"gemm": k, "reps": reps}) if overridden else None
     return {"read_GBps": bw, "gemm_GFLOPs": max(here, free or 0.0),
             "gemm_GFLOPs_process": here, "gemm_GFLOPs_free": free,
             "blas_overrides": {v: os.environ[v] for v in BLAS_OVERRIDES if v in os.environ}}
 
 
-def _method_child(spec):
-    """Median time of one bench method in a child process without the BLAS
-    override variables (the problem rebuilt from ``spec``)."""
+def _without_override(spec):
+    """``python -m fastbilevel.bench SPEC`` in a child process with the BLAS
+    override variables removed from its environment: the float it prints
+    (a GEMM rate or a median time)."""
     import json
     import subprocess
     import sys
@@ -155,19 +157,6 @@ def _method_time(spec):
                       **spec["opts"])
     fun()
     return median_time(fun, spec["repeats"])[0]
-
-
-def _gemm_child(k, reps):
-    """:func:`gemm_rate` in a child process without the BLAS override
-    variables."""
-    import json
-    import subprocess
-    import sys
-    env = {key: v for key, v in os.environ.items() if key not in BLAS_OVERRIDES}
-    out = subprocess.run([sys.executable, "-m", "fastbilevel.bench",
-                          json.dumps({"gemm": k, "reps": reps})],
-                         capture_output=True, text=True, check=True, env=env)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def pass_costs(problem):
@@ -292,7 +281,7 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec
         })
     if spec is not None and any(v in os.environ for v in BLAS_OVERRIDES):
         for r in [r for r in rows if r["method"].startswith("numpy")]:
-            med = _method_child(dict(spec, time=r["method"], steps=steps, repeats=repeats,
+            med = _without_override(dict(spec, time=r["method"], steps=steps, repeats=repeats,
                                      opts=opts))
             free = dict(r, method=r["method"] + "_free", median_s=med, times_s=[med],
                         first_call_s=float("nan"), GBps=r["bytes"] / med / 1e9,
@@ -358,7 +347,7 @@ def run_sweep_bench(problem, B, steps, repeats, peaks, spec=None):
         rows.append(_sweep_row(problem, name, B, steps, passes, first, med, ts, b_tr, b_va,
                                one_flops, peaks))
     if spec is not None and any(k in os.environ for k in BLAS_OVERRIDES):
-        med = _numpy_sweep_child(dict(spec, B=B, steps=steps, repeats=repeats))
+        med = _without_override(dict(spec, B=B, steps=steps, repeats=repeats))
         rows.append(_sweep_row(problem, "numpy_sweep_free", B, steps, 2 * steps, float("nan"),
                                med, [med], b_tr, b_va, one_flops, peaks))
     base = min(r["median_s"] for r in rows if r["method"].startswith("numpy"))
@@ -380,18 +369,6 @@ def _sweep_row(problem, name, B, steps, passes, first, med, ts, b_tr, b_va, one_
             "GFLOPs": flops / med / 1e9, "roofline_s": bound, "roofline_frac": bound / med,
             "trajectory_bytes": B * steps * problem.dim_w * 8, "settings": B,
             "settings_per_s": B * steps / med}
-
-
-def _numpy_sweep_child(spec):
-    """Median time of ``numpy_reverse_sweep`` in a child process with the
-    BLAS override variables removed from its environment."""
-    import json
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k not in BLAS_OVERRIDES}
-    out = subprocess.run([sys.executable, "-m", "fastbilevel.bench", json.dumps(spec)],
-                         capture_output=True, text=True, check=True, env=env)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _numpy_sweep_time(spec):
