@@ -63,12 +63,14 @@ def run_kernel(kernel, *args):
     try:
         while worker.is_alive():
             worker.join(_POLL_S)
-            if report is not None:
-                report(int(ctrl[1]), not worker.is_alive())
+            if report is not None and worker.is_alive():
+                report(int(ctrl[1]), False)
     except KeyboardInterrupt:
         ctrl[0] = 1
         worker.join()                        # one step; a second Ctrl-C leaves it
         raise
+    if report is not None:
+        report(int(ctrl[1]), True)
     ok, value = out[0]
     if not ok:
         raise value
