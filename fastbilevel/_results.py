@@ -141,8 +141,5 @@ class _Best:
         self.lam[better] = np.asarray(lam)[better]
 
     def interrupted(self, result):
-        value = self.value if np.ndim(self.value) else (
-            self.value if np.isfinite(self.value) else float("nan"))
-        if np.ndim(value):
-            value = np.where(np.isfinite(value), value, np.nan)
-        return MinimizeInterrupted(result, self.lam, value)
+        value = np.where(np.isfinite(self.value), self.value, np.nan)   # inf: none seen
+        return MinimizeInterrupted(result, self.lam, float(value) if value.ndim == 0 else value)

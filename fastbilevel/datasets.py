@@ -513,6 +513,4 @@ def load_file(path, model="auto", hyper="l2", val_fraction=0.2, seed=0, dtype=No
             info["n_classes"] = classes.size
     name = os.path.basename(path)
     return Dataset(name, X, y, Xv, yv, model, hyper,
-                   reg=reg if reg is not None else (1e-3 if hyper in ("sample_weights", "init")
-                                                    else 1.0 if hyper == "biased_l2" else None),
-                   **info)
+                   reg=reg, **info)      # None: the map's own default (C or μ)

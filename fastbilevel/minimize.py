@@ -483,9 +483,8 @@ def minimize_many(problem, lam0, method="reverse", outer=None, iters=100, lr=0.1
                                  passes=passes, rows=rows, time_s=elapsed, accepted=True,
                                  tol=math.nan)
             seen_v = np.full(B, np.nan)
-            seen_v[idx] = np.where(r.stats["diverged"], np.nan, r.value)
-            seen = (z if outer == "nesterov" else lam).copy()
-            run.record(seen_v, seen)
+            seen_v[idx] = r.value                       # NaN where a start diverged
+            run.record(seen_v, z if outer == "nesterov" else lam)
             have_w = True
             if method == "implicit":
                 v = np.zeros((B,) + problem.w_shape) if v is None else v
