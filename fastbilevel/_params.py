@@ -46,6 +46,25 @@ META = {
 FSLA = frozenset({"delta", "c_tau", "c_beta", "c_eta", "batch_size", "outer_batch",
                   "cross_batch", "replace", "seed", "w0", "eval_every"})
 
+#: the stochastic solver family (fastbilevel.solvers) -> its own keywords,
+#: beyond SOLVER_COMMON
+SOLVER_FAMILY = {
+    "soba": frozenset(),
+    "saba": frozenset(),
+    "amigo": frozenset({"inner_steps", "linear_steps", "linear_step"}),
+    "mrbo": frozenset({"Q", "eta", "momentum"}),
+    "vrbo": frozenset({"Q", "eta", "inner_steps", "period"}),
+    "ttsa": frozenset({"Q", "eta"}),
+    "bsa": frozenset({"Q", "eta", "inner_steps"}),
+    "f2sa": frozenset({"inner_steps", "nu0", "nu_growth"}),
+    "bome": frozenset({"inner_steps", "bome_eta"}),
+}
+
+#: keywords every method of the family takes (in minimize, besides iters,
+#: lr, bounds, callback, progress)
+SOLVER_COMMON = frozenset({"step_size", "batch_size", "outer_batch", "replace", "seed",
+                           "w0", "decay", "eval_every"})
+
 #: outer update of minimize() -> the keywords it uses beyond the common ones
 OUTER = {
     "sgd": frozenset({"decay"}),

@@ -14,9 +14,12 @@ from .hypergrad import METHODS, hypergradient, solve
 from .kernels.sampling import derive
 from ._params import FSLA as FSLA_PARAMS
 from ._params import OUTER as OUTER_PARAMS
+from ._params import SOLVER_COMMON, SOLVER_FAMILY
 from ._params import ParameterError, check_hypergradient_kw, refuse_unused
 from .meta import META_METHODS, MultiTaskProblem
 from .problem import BilevelProblem
+from .solvers import METHODS as FAMILY
+from .solvers import run_solver
 from .stochastic import fsla
 
 OUTER = ("sgd", "adam", "nesterov", "hoag")
@@ -75,7 +78,7 @@ def _outer_step(outer, k, lr, decay, betas, beta, bnd, lam, z, m1, m2, g):
     return lam, z, m1, m2
 
 
-def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
+def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=None,
              decay=None, outer_momentum=None, betas=None, bounds=None,
              warm_start=True, callback=None, tol_schedule=None, tol0=None,
              max_inner_steps=None, progress=False, **hypergradient_kw):
@@ -91,7 +94,11 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
         the inner SGD warm-started), or ``fsla``: the single-loop
         :func:`~fastbilevel.stochastic.fsla` (its own STORM update of λ with
         δ = ``lr``; ``outer`` does not apply; its arguments c_tau, c_beta,
-        c_eta, batch_size, eval_every, ... are passed on). A ``seed`` in the
+        c_eta, batch_size, eval_every, ... are passed on), or one of the
+        stochastic solver family ``soba``, ``saba``, ``amigo``, ``mrbo``,
+        ``vrbo``, ``ttsa``, ``bsa``, ``f2sa``, ``bome``
+        (:func:`fastbilevel.solvers.run_solver`: each its own update of λ
+        with γ₀ = ``lr``; ``outer`` does not apply). A ``seed`` in the
         keyword arguments (stocbio, solver="sgd") is turned into an
         independent seed per outer iteration.
     outer : {"sgd", "adam", "nesterov", "hoag"}, default "adam"
@@ -107,8 +114,9 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
         grows the step size by 5%. Uses ``method="implicit"``.
     iters : int ≥ 1, default 100
         Outer iterations.
-    lr : float > 0, default 0.1
-        Outer step size η (δ for ``fsla``; HOAG's initial step).
+    lr : float > 0, optional
+        Outer step size η (δ for ``fsla``; HOAG's initial step); default
+        0.1 (for the solver family: :func:`fastbilevel.solvers.default_lr`).
     decay : {None, "sqrt"}, optional
         For sgd, adam and nesterov: η_k = lr (constant) or lr/√(k+1).
     outer_momentum : float in [0, 1), optional
@@ -147,8 +155,32 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=0.1,
     """
     _checks.check_problem(problem, (BilevelProblem, MultiTaskProblem))
     multitask = isinstance(problem, MultiTaskProblem)
+    if method in FAMILY:
+        if multitask:
+            raise ValueError(f"method={method!r} runs on a BilevelProblem, not a "
+                             "MultiTaskProblem; use method='reverse', 'recompute', "
+                             "'first_order' or 'ufo'")
+        outer_kw = {k: v for k, v in (("decay", decay), ("outer_momentum", outer_momentum),
+                                      ("betas", betas), ("tol_schedule", tol_schedule),
+                                      ("tol0", tol0), ("max_inner_steps", max_inner_steps))
+                    if v is not None and k != "decay"}
+        if outer is not None:
+            raise ValueError(f"outer does not apply to method={method!r} (it updates λ by "
+                             "its own rule, with step lr)")
+        refuse_unused(dict(outer_kw, **hypergradient_kw),
+                      SOLVER_COMMON | SOLVER_FAMILY[method], f"method={method!r}")
+        if not warm_start:
+            raise ParameterError(f"warm_start=False does not apply to method={method!r} (its "
+                                 "iterates are its state)")
+        if decay is not None and not isinstance(decay, (bool, np.bool_)):
+            raise ValueError(f"decay={decay!r}: for method={method!r} give True or False "
+                             "(decaying step sizes as in its paper, or constant)")
+        return run_solver(problem, lam0, method, iters, lr=lr, bounds=bounds, decay=decay,
+                          callback=callback, progress=progress, **hypergradient_kw)
+    if lr is None:
+        lr = 0.1
     _checks.check_choice("method", method, tuple(META_METHODS) if multitask
-                         else METHODS + ("fsla",))
+                         else METHODS + ("fsla",) + FAMILY)
     outer_kw = {k: v for k, v in (("decay", decay), ("outer_momentum", outer_momentum),
                                   ("betas", betas), ("tol_schedule", tol_schedule),
                                   ("tol0", tol0), ("max_inner_steps", max_inner_steps))

@@ -245,3 +245,31 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
             _axpy_block(Xb, 0, CH, HV)
         k += RB
     return val
+
+
+@njit(cache=True)
+def dense_row_coefs(X, rows, y, a, model, W, V, want_grad, want_hvp, inv_n, CG, CH, losses,
+                    cross):
+    """Twin of ``csr.csr_row_coefs``: for each batch position k, the dots of
+    row rows[k] with W (and V) and its coefficients CG[k] = (a_i·inv_n)ℓ'(z),
+    CH[k] = (a_i·inv_n)ℓ''(z)u, losses[k] = (a_i·inv_n)ℓ(z) and cross[k] =
+    ℓ'(z)·u·inv_n (if cross has rows); nothing is accumulated."""
+    c = W.shape[0]
+    z = np.empty(c)
+    u = np.zeros(c)
+    dl = np.empty(c)
+    hu = np.empty(c)
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        _dots_dense(X, i, W, z)
+        if want_hvp or cross.shape[0] > 0:
+            _dots_dense(X, i, V, u)
+        losses[k] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
+                              want_hvp, CG[k], CH[k], cross, k, dl, hu)
+
+
+@njit(cache=True)
+def dense_scatter_rows(X, rows, C, A):
+    """A[k] += Σ_q C[q, k] X[rows[q]] (rows in batch order)."""
+    for q in range(rows.shape[0]):
+        _axpy_dense(X, rows[q], C[q], A)

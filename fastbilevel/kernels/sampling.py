@@ -34,6 +34,9 @@ STREAM_F = 3          # outer batch D_F
 STREAM_G = 4          # cross-term batch D_G
 STREAM_TASKS = 5      # meta-batches of tasks
 STREAM_COIN = 6       # UFO-BLO Bernoulli coins
+STREAM_TRUNC = 7      # random truncation of a Neumann series (TTSA, BSA)
+STREAM_LIN = 8        # linear-system SGD steps (AmIGO)
+STREAM_CORR = 9      # recursive-correction batches (VRBO)
 
 
 @njit(cache=True)
