@@ -369,6 +369,15 @@ def check_bytes(nbytes, what):
                          f"{fmt_bytes(config.MAX_TRAJECTORY_BYTES)}")
 
 
+def start_lam(problem, lam0, bounds):
+    """(λ₀ checked and clipped to the bounds, the bounds checked or None)."""
+    lam = check_vector("lam0", np.asarray(lam0), problem.lam_shape)
+    bnd = check_bounds(problem, bounds)
+    if bnd is not None:
+        lam = np.clip(lam, *bnd)
+    return lam, bnd
+
+
 def check_bounds(problem, bounds):
     """None, or (low, high) broadcast to λ's shape, checked."""
     if bounds is None:

@@ -232,10 +232,7 @@ def minimize(problem, lam0, method="implicit", outer=None, iters=100, lr=None,
     for i, b in enumerate(betas):
         if _checks.check_scalar(f"betas[{i}]", b, low=0.0) >= 1.0:
             raise ValueError(f"betas[{i}]={b} must be in [0, 1) (Adam divides by 1 - beta^k)")
-    lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
-    bnd = check_bounds(problem, bounds)
-    if bnd is not None:
-        lam = np.clip(lam, *bnd)
+    lam, bnd = _checks.start_lam(problem, lam0, bounds)
     if outer == "hoag":
         with outer_run(progress, iters, "minimize (hoag)") as run:
             return _hoag(problem, lam, iters, lr, bnd, callback, tol_schedule, tol0,

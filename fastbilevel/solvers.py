@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import _checks
-from ._checks import DivergenceError, check_bounds, check_seed, smoothness
+from ._checks import DivergenceError, check_seed, smoothness
 from ._chunks import outer_run
 from ._params import SOLVER_FAMILY, refuse_unused
 from ._results import History, MinimizeResult
@@ -175,10 +175,7 @@ def run_solver(problem, lam0, method, iters=300, *, lr=None, step_size=None,
     bv = min(m, b) if outer_batch is None else _checks.check_batch("outer_batch",
                                                                    outer_batch, m, replace)
     seed = check_seed(seed)
-    lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
-    bnd = check_bounds(problem, bounds)
-    if bnd is not None:
-        lam = np.clip(lam, *bnd)
+    lam, bnd = _checks.start_lam(problem, lam0, bounds)
     L = smoothness(problem, lam, minibatch=True)
     pos = dict(low=0.0, low_inclusive=False)
     rho = 1.0 / L if step_size is None else _checks.check_scalar("step_size", step_size, **pos)

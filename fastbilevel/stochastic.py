@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from . import _checks
-from ._checks import (DivergenceError, check_batch, check_bounds, check_seed, check_step_size,
+from ._checks import (DivergenceError, check_batch, check_seed, check_step_size,
                       resolve_step_size, smoothness)
 from ._chunks import outer_run
 from ._results import History, HypergradientResult, MinimizeResult
@@ -239,10 +239,7 @@ def fsla(problem, lam0, iters=1000, *, delta=0.1, c_tau=None, c_beta=None, c_eta
     delta = _checks.check_scalar("delta", delta, low=0.0, low_inclusive=False)
     S, bv, bc = _batches(problem, batch_size, outer_batch, cross_batch, replace)
     seed = check_seed(seed)
-    lam = _checks.check_vector("lam0", np.asarray(lam0), problem.lam_shape)
-    bnd = check_bounds(problem, bounds)
-    if bnd is not None:
-        lam = np.clip(lam, *bnd)
+    lam, bnd = _checks.start_lam(problem, lam0, bounds)
     L0 = smoothness(problem, lam, minibatch=True)
     vals = {"delta": delta}
     for k, v, default in (("c_tau", c_tau, 1.0 / (L0 * delta)),

@@ -10,7 +10,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     rng = np.random.default_rng(0)
     X, X_val = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
     ns = {"X": X, "y": np.sign(X[:, 0] + 0.1), "X_val": X_val, "y_val": np.sign(X_val[:, 0] + 0.1)}
@@ -50,6 +50,12 @@ def test_readme_examples_run():
     assert ns["fres"].history.outer_value[-1] < ns["fres"].history.outer_value[0]
     assert len(ns["sres"].history) == 20 and len(ns["mres"].history) == 50
     run(5)
+    # every solver's final λ beats λ₀ when the inner problem is solved there
+    prob = ns["prob"]
+    before = prob.outer_value(fb.solve(prob, np.zeros(prob.n), steps=500).w)
+    for m, r in ns["runs"].items():
+        assert prob.outer_value(fb.solve(prob, r.lam, steps=500).w) < before, m
+    run(6)
     # the embedding example equals the API, λ by λ
     prob = fb.BilevelProblem("logistic", "l2", X, ns["y"], X_val, ns["y_val"])
     want = [fb.hypergradient(prob, lam, steps=30, step_size=0.5).grad

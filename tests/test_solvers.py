@@ -161,6 +161,7 @@ def ref_bsa(R, lam, K, rho, gamma, eta, Q=3, T=2, **_):
 
 def ref_mrbo(R, lam, K, rho0, g0, eta, Q=3, a0=1.0, **_):
     w = R.zero()
+    wm = lm_old = Dw = U = None          # the previous point and directions (k ≥ 1)
 
     def est(w, lam, k):
         v = neumann(R, w, lam, R.fgrad(w, R.vrows(STREAM_F, k)), eta, Q, k)

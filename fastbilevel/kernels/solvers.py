@@ -27,10 +27,11 @@ from numba.extending import overload
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
 from .csr import csr_row_coefs, csr_scatter_cols, rows_csr_idx
 from .dense import dense_row_coefs, dense_scatter_rows, rows_dense_idx
-from .oracles import _cross_add_rows, cross_add, reg_grad_add, reg_hvp_add, reg_value
+from .oracles import (_cross_add_rows, _zero_outputs, cross_add, reg_grad_add, reg_hvp_add,
+                      reg_value)
 from .sampling import (STREAM_CORR, STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER,
                        STREAM_LIN, STREAM_TRUNC, draw_rows, key, randint)
-from .stochastic import set_hyper_params
+from .stochastic import set_hyper_params, step_lam
 
 # method codes
 SOBA, SABA, AMIGO, MRBO, VRBO, TTSA, BSA, F2SA, BOME = range(9)
@@ -57,20 +58,14 @@ def _bpass(rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross):
 def _ol_bpass(rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross):
     if isinstance(D.types[1], types.NoneType):
         def dense_impl(rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross):
-            if want_grad:
-                G[:] = 0.0
-            if want_hvp:
-                HV[:] = 0.0
+            _zero_outputs(want_grad, want_hvp, G, HV)
             b = rows.shape[0]
             return rows_dense_idx(D[0], rows, 0, b, D[4], a, model, W, V, want_grad,
                                   want_hvp, 1.0 / b, G, HV, cross)
         return dense_impl
 
     def csr_impl(rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross):
-        if want_grad:
-            G[:] = 0.0
-        if want_hvp:
-            HV[:] = 0.0
+        _zero_outputs(want_grad, want_hvp, G, HV)
         b = rows.shape[0]
         return rows_csr_idx(D[1], D[2], D[3], rows, 0, b, D[4], a, model, W, V, want_grad,
                             want_hvp, 1.0 / b, G, HV, cross)
@@ -255,15 +250,7 @@ def _finite(A):
 def _lam_step(ctx, lam, h, gamma, lo, hi, changed):
     """λ ← clip(λ − γh) and its kernel parameters; returns whether λ is finite."""
     hyper = ctx[3]
-    bounded = lo.shape[0] > 0
-    ok = True
-    for j in range(lam.shape[0]):
-        old = lam[j]
-        lam[j] -= gamma * h[j]
-        if bounded:
-            lam[j] = min(max(lam[j], lo[j]), hi[j])
-        changed[j] = lam[j] != old
-        ok = ok and math.isfinite(lam[j])
+    ok = step_lam(lam, h, gamma, lo, hi, changed)
     if ok:
         set_hyper_params(hyper, lam, 0.0, ctx[4], ctx[5], ctx[6], ctx[7], changed)
     return ok

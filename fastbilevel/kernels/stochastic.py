@@ -122,6 +122,23 @@ def set_hyper_params(hyper, lam, reg, a, da, rdiag, prior, changed):
                 prior[k, j] = lam[k * d + j]
 
 
+@njit(cache=True)
+def step_lam(lam, direction, step, lo, hi, changed):
+    """λ ← λ − step·direction in place, clipped to [lo, hi] (empty: no
+    bounds); changed[j] marks the entries that moved (their kernel
+    parameters must be recomputed). Returns whether λ is finite."""
+    bounded = lo.shape[0] > 0
+    ok = True
+    for j in range(lam.shape[0]):
+        old = lam[j]
+        lam[j] -= step * direction[j]
+        if bounded:
+            lam[j] = min(max(lam[j], lo[j]), hi[j])
+        changed[j] = lam[j] != old
+        ok = ok and math.isfinite(lam[j])
+    return ok
+
+
 @njit(cache=True, fastmath=_FM)
 def _fsla_state_step(W, V, G, P, HV, tau, beta):
     """ω ← ω − τG;  v ← v + β(P − HV), in one sweep; returns whether all of
@@ -203,7 +220,6 @@ def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior
     cross = np.zeros(b_cross if sw else 0)
     no_cross = np.empty(0)
     counts = np.zeros(2, dtype=np.int64)
-    bounded = lo.shape[0] > 0
     changed = np.zeros(lam.shape[0], dtype=np.bool_)
     finite = True
     start = -1 if k0 == 0 else k0          # −1: the initialization
@@ -231,12 +247,7 @@ def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior
                 cross_add(hyper, rdiag, da, W, V, no_cross, -1.0, e_old)
                 continue
             if sp == 1:                    # λ_{k+1}, once e(λ_k, ...) is taken
-                for j in range(lam.shape[0]):
-                    old = lam[j]
-                    lam[j] -= alpha * dmom[j]
-                    if bounded:
-                        lam[j] = min(max(lam[j], lo[j]), hi[j])
-                    changed[j] = lam[j] != old
+                step_lam(lam, dmom, alpha, lo, hi, changed)
                 set_hyper_params(hyper, lam, reg, a, da, rdiag, prior, changed)
             if sp == 3 and not sw:
                 e_new[:] = 0.0
