@@ -79,7 +79,7 @@ def main():
         from matplotlib.figure import Figure
         fig = Figure(figsize=(11, 7), layout="constrained")
         axes = fig.subplots(2, 2)
-        for row, (name, _, _) in enumerate(problems(True)):
+        for row, name in enumerate(dict.fromkeys(name for name, _ in curves)):
             for m in methods:
                 if (name, m) not in curves:
                     continue

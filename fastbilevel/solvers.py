@@ -236,7 +236,6 @@ class _State:
         self.W = np.zeros((c, d)) if w0 is None else problem._w_in("w0", w0)
         self.V, self.Z, self.Wm, self.Dw = (np.zeros((c, d)) for _ in range(4))
         self.U = np.zeros(problem.dim_lam)
-        self.lam_old = self.lam.copy()
         self.old = (self.a.copy(), self.da.copy(), self.rdiag.copy(), self.prior.copy())
         saba = method == "saba"
         sw = problem.hyper == "sample_weights"
@@ -264,7 +263,7 @@ def _loop(problem, st, iters, s, hist, callback, run):
         status, counts = _K.solver_run(
             s["code"], problem.train, problem.val, problem._model, problem._hyper, st.lam,
             st.a, st.da, st.rdiag, st.prior, st.W, st.V, st.Z, st.Wm, st.Dw, st.U,
-            st.lam_old, *st.old, *st.tables, s["fp"], s["ip"], k, chunk, s["replace"],
+            *st.old, *st.tables, s["fp"], s["ip"], k, chunk, s["replace"],
             s["seed"], lo, hi)
         spent += time.perf_counter() - t0
         if status >= 0:

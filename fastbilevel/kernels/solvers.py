@@ -31,7 +31,7 @@ from .oracles import (_cross_add_rows, _zero_outputs, cross_add, reg_grad_add, r
                       reg_value)
 from .sampling import (STREAM_CORR, STREAM_F, STREAM_G, STREAM_HESS, STREAM_INNER,
                        STREAM_LIN, STREAM_TRUNC, draw_rows, key, randint)
-from .stochastic import set_hyper_params, step_lam
+from .stochastic import _all_finite, set_hyper_params, step_lam
 
 # method codes
 SOBA, SABA, AMIGO, MRBO, VRBO, TTSA, BSA, F2SA, BOME = range(9)
@@ -181,18 +181,8 @@ def _dlam_g(ctx, rows, W, h, scale, hp, da, losses):
                np.empty((b, c)), np.empty((b, c)), losses, ctx[16])
         for k in range(b):
             h[rows[k]] += scale * da[rows[k]] * losses[k]
-    elif hyper == FEATURE_L2:
-        for j in range(d):
-            s = 0.0
-            for q in range(c):
-                s += W[q, j] * W[q, j]
-            h[j] += scale * 0.5 * rdiag[j] * s
-    elif hyper == L2:
-        s = 0.0
-        for q in range(c):
-            for j in range(d):
-                s += W[q, j] * W[q, j]
-        h[0] += scale * 0.5 * rdiag[0] * s
+    elif hyper == FEATURE_L2 or hyper == L2:    # ½e^λ‖w‖² = ½ J(w) w
+        cross_add(hyper, rdiag, da, W, W, ctx[16], 0.5 * scale, h)
     elif hyper == BIASED_L2:
         for q in range(c):
             for j in range(d):
@@ -200,14 +190,15 @@ def _dlam_g(ctx, rows, W, h, scale, hp, da, losses):
 
 
 @njit(cache=True)
-def _neumann(ctx, W, P, V, R, HV, hp, eta, Q, stream, step0):
+def _neumann(ctx, W, P, V, R, HV, hp, eta, Q, stream, step0, full_rows):
     """stocBiO's v = η Σ_{q=0}^{Q} r_q, r_0 = P, r_q = r_{q−1} − η H_{B_q} r_{q−1},
-    B_q drawn for (stream, step0 + q); V gets v."""
+    B_q drawn for (stream, step0 + q), or all rows if ``full_rows`` is not
+    empty; V gets v."""
     b = ctx[12].shape[0]
     R[:] = P
     V[:] = P
     for q in range(1, Q + 1):
-        rows = _draw(ctx, stream, step0 + q, b, True)
+        rows = full_rows if full_rows.shape[0] > 0 else _draw(ctx, stream, step0 + q, b, True)
         _hvp_g(ctx, rows, W, R, HV, hp)
         R -= eta * HV
         V += R
@@ -220,30 +211,11 @@ def _hyper_estimate(ctx, W, V, R, HV, P, h, hp, da, eta, Q, step, rows_f, full_r
     on P = ∇_w f(W; D_F) (MRBO, VRBO). ``rows_f``: the validation batch;
     ``full_rows`` (non-empty): every batch is all training rows."""
     _grad_f(ctx, rows_f, W, P)
-    if full_rows.shape[0] > 0:
-        R[:] = P
-        V[:] = P
-        for q in range(Q):
-            _hvp_g(ctx, full_rows, W, R, HV, hp)
-            R -= eta * HV
-            V += R
-        V *= eta
-        h[:] = 0.0
-        _minus_jv(ctx, full_rows, W, V, h, hp, da)
-    else:
-        _neumann(ctx, W, P, V, R, HV, hp, eta, Q, STREAM_HESS, step * (Q + 1))
-        h[:] = 0.0
-        rows = _draw(ctx, STREAM_G, step, ctx[11].shape[0], False)
-        _minus_jv(ctx, rows, W, V, h, hp, da)
-
-
-@njit(cache=True)
-def _finite(A):
-    a = A.ravel()
-    s = 0.0
-    for j in range(a.shape[0]):
-        s += 0.0 * a[j]
-    return s == 0.0
+    _neumann(ctx, W, P, V, R, HV, hp, eta, Q, STREAM_HESS, step * (Q + 1), full_rows)
+    h[:] = 0.0
+    rows = full_rows if full_rows.shape[0] > 0 else \
+        _draw(ctx, STREAM_G, step, ctx[11].shape[0], False)
+    _minus_jv(ctx, rows, W, V, h, hp, da)
 
 
 @njit(cache=True)
@@ -266,18 +238,18 @@ def _sgd_steps(ctx, W, G, rho, T, stream, step0):
         rows = _draw(ctx, stream, step0 + t, b, False)
         _grad_g(ctx, rows, W, G, hp)
         W -= rho * G
-    return _finite(W)
+    return _all_finite(W)
 
 
 # ------------------------------------------------------------ the loop
 @njit(cache=True)
 def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V, Z, Wm, Dw,
-               U, lam_old, old_a, old_da, old_rdiag, old_prior, Mg, Mh, Mf, Mj, Ag, Ah, Af,
+               U, old_a, old_da, old_rdiag, old_prior, Mg, Mh, Mf, Mj, Ag, Ah, Af,
                fp, ip, k0, iters, replace, seed, lo, hi):
     """Run ``iters`` iterations k = k0, k0+1, ... of ``method``, updating the
     state in place: λ (``lam``, kernel order, with ``a, da, rdiag, prior``),
     W (the inner iterate), V (the linear-system iterate), Z (F2SA's z, or
-    BOME's inner run), Wm / lam_old / old_* (the previous point: MRBO,
+    BOME's inner run), Wm / old_* (the previous point and λ's parameters there: MRBO,
     VRBO), Dw (the direction of W: MRBO, VRBO), U (the direction of λ),
     SABA's tables Mg, Mh (n, c), Mf (m, c), Mj (n) and their means Ag, Ah,
     Af (c, d). Settings: ``fp``, ``ip`` (see the module's index names).
@@ -353,10 +325,10 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             W -= rho * G
             HV -= P
             V -= rho * HV
-            ok = _finite(W) and _finite(V) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
+            ok = _all_finite(W) and _all_finite(V) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
         elif method == SABA:
             if k == 0:
-                _saba_init(ctx, W, V, Mg, Mh, Mf, Mj, Ag, Ah, Af, losses)
+                _saba_init(ctx, W, V, Mg, Mh, Mf, Mj, Ag, Ah, Af)
                 counts[0] += n
                 counts[1] += m
             ok = _saba_step(ctx, k, W, V, lam, Mg, Mh, Mf, Mj, Ag, Ah, Af, G, HV, P, h, rho,
@@ -379,7 +351,7 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             _minus_jv(ctx, rows, W, V, h, hp, da)
             counts[0] += b * (T + M + 1)
             counts[1] += bv
-            ok = ok and _finite(V) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
+            ok = ok and _all_finite(V) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
         elif method == TTSA or method == BSA:
             # Hong et al. 2020 Alg. 1 (one SGD step per iteration) / Ghadimi &
             # Wang 2018 Alg. 2 (T steps); the hypergradient with Ghadimi &
@@ -425,13 +397,12 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
                     U[j] = h[j] + (1.0 - wk) * (U[j] - h2[j])
             counts[0] += (b * (Q + 2)) * (1 if k == 0 else 2)
             counts[1] += bv * (1 if k == 0 else 2)
-            _save_point(W, Wm, lam, lam_old, a, da, rdiag, prior, old_a, old_da, old_rdiag,
-                        old_prior)
+            _save_point(W, Wm, a, da, rdiag, prior, old_a, old_da, old_rdiag, old_prior)
             W -= rho * Dw
-            ok = _finite(W) and _finite(Dw) and _lam_step(ctx, lam, U, gamma, lo, hi, changed)
+            ok = _all_finite(W) and _all_finite(Dw) and _lam_step(ctx, lam, U, gamma, lo, hi, changed)
         elif method == VRBO:
             ok = _vrbo_step(ctx, k, W, V, V2, R, HV, P, P2, G, G2, h, h2, Wm, Dw, U, lam,
-                            lam_old, hp, hp_old, old_da, rho, gamma, eta, Q, T, ip[PERIOD],
+                            hp, hp_old, old_da, rho, gamma, eta, Q, T, ip[PERIOD],
                             full_rows, lo, hi, changed, counts)
         elif method == F2SA:
             # Kwon et al. 2023 Alg. 1: z ≈ argmin g, y (= W) ≈ argmin f/ν + g,
@@ -454,7 +425,7 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             _dlam_g(ctx, rows, Z, h, -nu, hp, da, losses)
             counts[0] += b * (2 * T + 2)
             counts[1] += bv * T
-            ok = _finite(W) and _finite(Z) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
+            ok = _all_finite(W) and _all_finite(Z) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
         else:
             # BOME (Liu et al. 2022 Alg. 1): ŵ = T SGD steps from W; q(λ, w) =
             # g(λ, w) − g(λ, ŵ); (λ, W) moves along ∇f + φ∇q with
@@ -484,7 +455,7 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             W -= rho * G
             counts[0] += b * (T + 1)
             counts[1] += bv
-            ok = ok and _finite(W) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
+            ok = ok and _all_finite(W) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
         if method != MRBO and method != VRBO:
             U[:] = h                    # the last λ direction, for the caller
         if not ok:
@@ -493,11 +464,9 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
 
 
 @njit(cache=True)
-def _save_point(W, Wm, lam, lam_old, a, da, rdiag, prior, old_a, old_da, old_rdiag,
-                old_prior):
-    """The previous point (W, λ and λ's parameters) ← the current one."""
+def _save_point(W, Wm, a, da, rdiag, prior, old_a, old_da, old_rdiag, old_prior):
+    """The previous point (W and λ's parameters) ← the current one."""
     Wm[:] = W
-    lam_old[:] = lam
     old_a[:] = a
     old_da[:] = da
     old_rdiag[:] = rdiag
@@ -505,7 +474,7 @@ def _save_point(W, Wm, lam, lam_old, a, da, rdiag, prior, old_a, old_da, old_rdi
 
 
 @njit(cache=True)
-def _vrbo_step(ctx, k, W, V, V2, R, HV, P, P2, G, G2, h, h2, Wm, Dw, U, lam, lam_old, hp,
+def _vrbo_step(ctx, k, W, V, V2, R, HV, P, P2, G, G2, h, h2, Wm, Dw, U, lam, hp,
                hp_old, old_da, rho, gamma, eta, Q, T, period, full_rows, lo, hi, changed,
                counts):
     """One outer iteration of VRBO (Yang, Ji & Liang 2021 Alg. 2): every
@@ -529,14 +498,13 @@ def _vrbo_step(ctx, k, W, V, V2, R, HV, P, P2, G, G2, h, h2, Wm, Dw, U, lam, lam
     for t in range(T + 1):
         step = k * (T + 1) + t
         if t == 0:
-            _save_point(W, Wm, lam, lam_old, a, da, rdiag, prior, hp_old[0], old_da,
-                        hp_old[1], hp_old[2])
+            _save_point(W, Wm, a, da, rdiag, prior, hp_old[0], old_da, hp_old[1], hp_old[2])
             if not _lam_step(ctx, lam, U, gamma, lo, hi, changed):
                 return False
         else:
             Wm[:] = W
             W -= rho * Dw
-            if not _finite(W):
+            if not _all_finite(W):
                 return False
         hq = hp_old if t == 0 else hp
         dq = old_da if t == 0 else da
@@ -553,11 +521,11 @@ def _vrbo_step(ctx, k, W, V, V2, R, HV, P, P2, G, G2, h, h2, Wm, Dw, U, lam, lam
             U[j] += h[j] - h2[j]
         counts[0] += 2 * b * (Q + 2)
         counts[1] += 2 * bv
-    return _finite(Dw)
+    return _all_finite(Dw)
 
 
 @njit(cache=True)
-def _saba_init(ctx, W, V, Mg, Mh, Mf, Mj, Ag, Ah, Af, losses):
+def _saba_init(ctx, W, V, Mg, Mh, Mf, Mj, Ag, Ah, Af):
     """SABA's tables at the start point, from one pass over all rows:
     Mg[i] = a_iℓ'(z_i), Mh[i] = a_iℓ''(z_i)u_i, Mj[i] = ℓ'(z_i)·u_i,
     Mf[j] = ℓ'(z_j) (validation), and their means Ag = (1/n)Σ Mg[i]⊗x_i,
@@ -577,7 +545,6 @@ def _saba_init(ctx, W, V, Mg, Mh, Mf, Mj, Ag, Ah, Af, losses):
     lossm = np.empty(m)
     _coefs(rowsv, val, ctx[16], ctx[2], W, W, True, False, 1.0, Mf, Mf, lossm, ctx[16])
     _scatter(rowsv, val, Mf / m, Af)
-    return losses.shape[0]
 
 
 @njit(cache=True)
@@ -661,4 +628,4 @@ def _saba_step(ctx, k, W, V, lam, Mg, Mh, Mf, Mj, Ag, Ah, Af, G, HV, P, h, rho, 
     W -= rho * G
     HV -= P
     V -= rho * HV
-    return _finite(W) and _finite(V) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
+    return _all_finite(W) and _all_finite(V) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
