@@ -32,12 +32,20 @@ def _problem(fmt, dtype, model="logistic", hyper="l2"):
                           reg=None if hyper == "l2" else 1e-2)
 
 
-def _multitask(fmt, dtype):
+def _multitask(dtype):
+    """MAML and ANIL meta-gradients and the task oracles on tiny tasks."""
+    from .hypergrad import hypergradient
     from .meta import MultiTaskProblem
     rng = np.random.default_rng(0)
     X, Xt = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 2, 5))
     y, yt = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
-    return MultiTaskProblem("linear", X.astype(dtype), y, Xt.astype(dtype), yt, reg=1e-2)
+    maml = MultiTaskProblem("linear", X.astype(dtype), y, Xt.astype(dtype), yt, reg=1e-2)
+    hypergradient(maml, np.zeros(5), "reverse", steps=2)
+    anil = MultiTaskProblem("linear", X.astype(dtype), y, Xt.astype(dtype), yt, reg=1e-2,
+                            hyper="feature_map", k=2)
+    theta = np.full(anil.lam_shape, 0.1)
+    hypergradient(anil, theta, "reverse", steps=2, step_size=0.1)
+    anil.hvp(0, np.zeros(2), theta, np.ones(2))
 
 
 def plan(formats=FORMATS, dtypes=DTYPES):
@@ -83,9 +91,8 @@ def plan(formats=FORMATS, dtypes=DTYPES):
                                          K=3, strategy="rows")),
             ]
             if fmt == "dense":                 # multi-task problems hold dense tasks
-                out.append((f"{tag}: multi-task meta-gradients",
-                            lambda dt=dt: hypergradient(
-                                _multitask("dense", dt), np.zeros(5), "reverse", steps=2)))
+                out.append((f"{tag}: multi-task meta-gradients (MAML, ANIL)",
+                            lambda dt=dt: _multitask(dt)))
     return out
 
 

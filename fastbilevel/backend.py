@@ -54,6 +54,7 @@ class CPUBackend:
     forward_mode = _stoppable(_unroll.forward_mode)
     implicit_solve = _stoppable(_implicit.implicit_solve)
     meta_gradient = _stoppable(_meta.meta_gradient)
+    task_pass = staticmethod(_meta.task_pass)
 
     stocbio_run = staticmethod(_stochastic.stocbio_run)
     fsla_run = staticmethod(_stochastic.fsla_run)

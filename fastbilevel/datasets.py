@@ -227,11 +227,14 @@ class TaskDataset:
         self.X, self.y, self.X_test, self.y_test = X, y, X_test, y_test
         self.model, self.reg, self.info = model, reg, info
 
-    def problem(self, reg=None, dtype=None):
-        """The :class:`~fastbilevel.MultiTaskProblem` for these tasks."""
+    def problem(self, reg=None, dtype=None, hyper="init", k=None):
+        """The :class:`~fastbilevel.MultiTaskProblem` for these tasks (``hyper``
+        and ``k`` as there: ``"feature_map"`` with an embedding of k rows is
+        ANIL)."""
         kw = {"n_classes": self.info["n_classes"]} if self.model == "multinomial" else {}
         return MultiTaskProblem(self.model, self.X, self.y, self.X_test, self.y_test,
-                                reg=self.reg if reg is None else reg, dtype=dtype, **kw)
+                                reg=self.reg if reg is None else reg, dtype=dtype,
+                                hyper=hyper, k=k, **kw)
 
     def __repr__(self):
         return (f"TaskDataset({self.name!r}, tasks={self.X.shape[0]}, shots={self.X.shape[1]}, "
@@ -239,7 +242,7 @@ class TaskDataset:
 
 
 def few_shot(n_tasks=200, shots=5, test_shots=15, d=20, model="logistic", n_classes=5,
-             spread=0.5, noise=0.1, seed=0, dtype=np.float64):
+             spread=0.5, noise=0.1, seed=0, dtype=np.float64, rank=None):
     """Few-shot task family with shared structure plus per-task perturbation.
 
     A shared parameter w* ~ N(0, I) (d, or d×c for multinomial); task i has
@@ -248,7 +251,16 @@ def few_shot(n_tasks=200, shots=5, test_shots=15, d=20, model="logistic", n_clas
     (logistic, ±1), or argmax of the logits plus Gumbel-like noise
     (multinomial). Each task has ``shots`` training and ``test_shots`` test
     rows. A good start θ (near w*) lets r GD steps adapt to each task:
-    what MAML learns. ``info``: ``w_star``, ``task_w``, ``n_classes``."""
+    what MAML learns.
+
+    With ``rank`` = k < d the tasks share a k-dimensional subspace instead:
+    an orthonormal basis Q (k × d) is drawn, and w* and every w_i are Qᵀ
+    times k-dimensional parameters drawn as above. Few shots (s < d) then
+    cannot find w_i alone, but a head adapted on the embedding Q x can:
+    what ANIL (``problem(hyper="feature_map", k=rank)``) learns.
+
+    ``info``: ``w_star``, ``task_w``, ``n_classes`` and, with ``rank``,
+    ``basis`` (Q)."""
     if model not in ("linear", "logistic", "multinomial"):
         raise ValueError(f"model={model!r} must be 'linear', 'logistic' or 'multinomial'")
     for name, v in (("n_tasks", n_tasks), ("shots", shots), ("test_shots", test_shots),
@@ -257,8 +269,20 @@ def few_shot(n_tasks=200, shots=5, test_shots=15, d=20, model="logistic", n_clas
     rng = _rng(seed)
     dt = _dtype(dtype)
     c = n_classes if model == "multinomial" else 1
-    w_star = rng.standard_normal((d, c))
-    task_w = w_star[None] + spread * rng.standard_normal((n_tasks, d, c))
+    extra = {}
+    if rank is None:
+        w_star = rng.standard_normal((d, c))
+        task_w = w_star[None] + spread * rng.standard_normal((n_tasks, d, c))
+    else:
+        k = check_scalar("rank", rank, low=1, integer=True)
+        if k > d:
+            raise ValueError(f"rank={k} exceeds d={d}")
+        Q = np.linalg.qr(rng.standard_normal((d, k)))[0].T
+        u_star = rng.standard_normal((k, c)) * np.sqrt(d / k)
+        u = u_star[None] + spread * np.sqrt(d / k) * rng.standard_normal((n_tasks, k, c))
+        w_star = Q.T @ u_star
+        task_w = np.einsum("kd,nkc->ndc", Q, u)
+        extra["basis"] = Q
 
     def labels(X, Wt):
         Z = np.einsum("tsd,tdc->tsc", X, Wt)
@@ -273,7 +297,7 @@ def few_shot(n_tasks=200, shots=5, test_shots=15, d=20, model="logistic", n_clas
     ws = w_star[:, 0] if c == 1 else w_star
     tw = task_w[..., 0] if c == 1 else task_w
     return TaskDataset("few_shot", X.astype(dt), y, Xt.astype(dt), yt, model, 0.0,
-                       w_star=ws, task_w=tw, n_classes=c)
+                       w_star=ws, task_w=tw, n_classes=c, **extra)
 
 
 def fo_blo_counterexample(gap=10.0, steps=4, step_size=1.0, curvatures=(0.1, 1.5)):

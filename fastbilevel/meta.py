@@ -1,5 +1,6 @@
-"""Multi-task ``init`` problems: MAML-type meta-learning of a shared start θ
-(thesis Alg. 6-7; UFO-BLO Sec. 2-3)."""
+"""Multi-task problems: MAML-type meta-learning of a shared start θ (``init``;
+thesis Alg. 6-7, UFO-BLO Sec. 2-3) and ANIL, a shared linear embedding with a
+head adapted per task (``feature_map``; thesis Alg. 8, Prop. 10)."""
 import time
 
 import numba
@@ -28,14 +29,26 @@ def _task_array(name, A, ndim, dtype):
     return A
 
 
-class MultiTaskProblem:
-    """Many tasks sharing a learned inner-loop start θ (hyper ``init``).
+HYPERS = ("init", "feature_map")
 
-    Task i trains on (X[i], y[i]) — inner loss L_i^in(φ) = (1/s) Σ ℓ(x φ; y)
-    + (reg/2)‖φ‖² — with r steps of GD from φ_0 = θ, and is scored on
-    (X_test[i], y_test[i]): L_i^out(φ_r) = (1/t) Σ ℓ(x φ_r; y). The meta
-    objective is M(θ) = mean_i L_i^out(φ_r(θ)) (UFO-BLO eq. 2 over a finite
-    task set; thesis eq. 6.8).
+
+class MultiTaskProblem:
+    """Many tasks sharing what meta-learning learns: the inner loop's start
+    (``hyper="init"``, MAML) or a linear embedding and the head's start
+    (``hyper="feature_map"``, ANIL).
+
+    ``init``: task i trains φ on (X[i], y[i]) — inner loss L_i^in(φ) =
+    (1/s) Σ ℓ(x φ; y) + (reg/2)‖φ‖² — with r steps of GD from φ_0 = θ, and is
+    scored on (X_test[i], y_test[i]): L_i^out(φ_r) = (1/t) Σ ℓ(x φ_r; y). The
+    meta objective is M(θ) = mean_i L_i^out(φ_r(θ)) (UFO-BLO eq. 2 over a
+    finite task set; thesis eq. 6.8). θ has the shape of φ: (d,) or (d, c).
+
+    ``feature_map``: rows are embedded by a shared P (k × d) and each task
+    adapts a head w ((k,) or (k, c)) on the embedded rows P x: L_i^in(w, P)
+    = (1/s) Σ ℓ(wᵀ P x; y) + (reg/2)‖w‖², r GD steps on w from w_0, scored
+    by L_i^out(w_r, P). Both P and w_0 are learned (thesis Alg. 8, eq. 7.1):
+    θ = [P | w_0ᵀ] has shape (k, d + c) — row a holds the a-th embedding
+    direction and its head weight(s); :meth:`split` and :meth:`join` convert.
 
     Parameters
     ----------
@@ -49,21 +62,31 @@ class MultiTaskProblem:
     y_test : array_like, shape (N, t)
         Their labels.
     reg : float ≥ 0, default 0
-        C of the inner (C/2)‖φ‖².
+        C of the inner (C/2)‖φ‖² (‖w‖² for ``feature_map``).
     dtype : float32 or float64, optional
         Default: that of X.
     n_classes : int, optional
         For multinomial; default: the number of classes in y, which must
         then be 0..c−1 with every class present.
-
-    θ (and every gradient) has shape (d,) or (d, c).
+    hyper : {"init", "feature_map"}, default "init"
+    k : int ≥ 1
+        The embedding's dimension; ``feature_map`` only (and needed there).
     """
 
-    hyper = "init"
-
-    def __init__(self, model, X, y, X_test, y_test, reg=0.0, dtype=None, n_classes=None):
+    def __init__(self, model, X, y, X_test, y_test, reg=0.0, dtype=None, n_classes=None,
+                 hyper="init", k=None):
         self.model = _checks.check_choice("model", model, MODELS)
         self._model = MODELS[model].code
+        self.hyper = _checks.check_choice("hyper", hyper, HYPERS)
+        if hyper == "feature_map":
+            if k is None:
+                raise ValueError("hyper='feature_map' needs k, the embedding's dimension "
+                                 "(the rows of P)")
+            self.k = _checks.check_scalar("k", k, low=1, integer=True)
+        elif k is not None:
+            raise ValueError(f"k={k!r} applies to hyper='feature_map', not {hyper!r}")
+        else:
+            self.k = None
         dt = _checks.check_dtype("dtype", dtype)
         if dt is None:
             dt = np.float32 if np.asarray(X).dtype == np.float32 else np.float64
@@ -91,25 +114,73 @@ class MultiTaskProblem:
         self._L = None
 
     @property
-    def w_shape(self):
-        return (self.d,) if self.c == 1 else (self.d, self.c)
+    def _m(self):
+        """Length of the adapted vector per class: d (init) or k (feature_map)."""
+        return self.d if self.k is None else self.k
 
-    lam_shape = w_shape
+    @property
+    def w_shape(self):
+        """Shape of what each task adapts: φ (init) or the head w (feature_map)."""
+        return (self._m,) if self.c == 1 else (self._m, self.c)
+
+    @property
+    def lam_shape(self):
+        """Shape of θ: that of φ (init), or (k, d + c) for [P | w_0ᵀ]."""
+        return self.w_shape if self.k is None else (self.k, self.d + self.c)
 
     @property
     def dim_lam(self):
-        return self.d * self.c
+        return int(np.prod(self.lam_shape))
+
+    def split(self, theta):
+        """θ → (P of shape (k, d), w_0 of the head's shape) (``feature_map``)."""
+        self._need_feature_map("split")
+        th = _checks.check_vector("theta", theta, self.lam_shape)
+        return th[:, :self.d].copy(), th[:, self.d:].reshape(self.w_shape).copy()
+
+    def join(self, P, w0=None):
+        """θ = [P | w_0ᵀ] from P (k, d) and the head's start (default 0)."""
+        self._need_feature_map("join")
+        P = _checks.check_vector("P", P, (self.k, self.d))
+        w0 = np.zeros(self.w_shape) if w0 is None else _checks.check_vector("w0", w0,
+                                                                            self.w_shape)
+        return np.hstack([P, w0.reshape(self.k, self.c)])
+
+    def _need_feature_map(self, what):
+        if self.k is None:
+            raise ValueError(f"{what} applies to hyper='feature_map'; this problem's "
+                             f"hyper is {self.hyper!r}")
 
     def _theta_in(self, theta):
-        th = _checks.check_vector("theta", theta, self.w_shape)
-        return np.ascontiguousarray(th.reshape(self.d, self.c).T)
+        """θ in the kernels' layout: (start (c, m), P (k, d) or (0, 0))."""
+        th = _checks.check_vector("theta", theta, self.lam_shape)
+        if self.k is None:
+            return np.ascontiguousarray(th.reshape(self.d, self.c).T), np.empty((0, 0))
+        return (np.ascontiguousarray(th[:, self.d:].T),
+                np.ascontiguousarray(th[:, :self.d]))
 
-    def _out(self, W):
-        return W.T.reshape(self.w_shape).copy()
+    def _w_in(self, w):
+        return np.ascontiguousarray(
+            _checks.check_vector("w", w, self.w_shape).reshape(self._m, self.c).T)
 
-    def lipschitz(self):
+    def _out(self, W, GP):
+        """θ-shaped gradient from the start's (c, m) and P's (k, d) parts."""
+        if self.k is None:
+            return W.T.reshape(self.w_shape).copy()
+        return np.hstack([GP, W.T])
+
+    def lipschitz(self, theta=None):
         """max over tasks of the smoothness of the inner loss:
-        sup ℓ'' · ‖X_i‖₂²/s + reg."""
+        sup ℓ'' · ‖X_i‖₂²/s + reg, with X_i Pᵀ in place of X_i for
+        ``feature_map`` (which depends on P, so there θ is needed)."""
+        if self.k is not None:
+            if theta is None:
+                raise ValueError("with hyper='feature_map' the smoothness depends on P: "
+                                 "give theta")
+            P = self._theta_in(theta)[1]
+            E = np.einsum("nsd,kd->nsk", self.X.astype(np.float64), P)
+            sq = np.linalg.norm(E, ord=2, axis=(1, 2)) ** 2
+            return MODELS[self.model].curvature * float(sq.max()) / self.shots + self.reg
         if self._L is None:
             sq = np.linalg.norm(self.X.astype(np.float64), ord=2, axis=(1, 2)) ** 2
             self._L = MODELS[self.model].curvature * float(sq.max()) / self.shots + self.reg
@@ -119,10 +190,63 @@ class MultiTaskProblem:
         """M(θ): mean test loss over all tasks after ``steps`` GD steps."""
         return meta_hypergradient(self, theta, "first_order", steps, step_size).value
 
+    # ---------------------------------------------------------- task oracles
+    def _task_pass(self, task, test, w, theta, v=None):
+        """One task's pass (see the oracles below) in the user's shapes:
+        (value, ∇_w, ∇²_w·v or None, ∂_θ part or None)."""
+        i = _checks.check_scalar("task", task, low=0, integer=True)
+        if i >= self.n_tasks:
+            raise ValueError(f"task={i} is not below the number of tasks {self.n_tasks}")
+        W = self._w_in(w)
+        _, P = self._theta_in(theta)
+        feat = self.k is not None
+        if not feat:
+            P = np.eye(self.d)
+        V = W if v is None else np.ascontiguousarray(
+            _checks.check_vector("v", v, self.w_shape).reshape(self._m, self.c).T)
+        X, y = (self.X_test[i], self.y_test[i]) if test else (self.X[i], self.y[i])
+        G, HV, C = np.empty_like(W), np.empty_like(W), np.empty_like(P)
+        val = self.backend.task_pass(X, y, self._model, 0.0 if test else self.reg, P, W, V,
+                                     v is not None, G, HV, C)
+        shape = self.w_shape
+        lam_part = np.hstack([C, np.zeros((self.k, self.c))]) if feat else np.zeros(shape)
+        return (float(val), G.T.reshape(shape).copy(),
+                HV.T.reshape(shape).copy() if v is not None else None, lam_part)
+
+    def inner_value(self, task, w, theta):
+        """L_i^in(w, θ): task i's train loss with its regularizer."""
+        return self._task_pass(task, False, w, theta)[0]
+
+    def inner_grad(self, task, w, theta):
+        """∇_w L_i^in(w, θ)."""
+        return self._task_pass(task, False, w, theta)[1]
+
+    def hvp(self, task, w, theta, v):
+        """∇²_w L_i^in(w, θ) v."""
+        return self._task_pass(task, False, w, theta, v)[2]
+
+    def cross(self, task, w, theta, v):
+        """∂_θ ⟨∇_w L_i^in(w, θ), v⟩ (θ-shaped; zero for ``init``, where θ
+        enters only as the start, and in the head's columns of θ)."""
+        return self._task_pass(task, False, w, theta, v)[3]
+
+    def outer_value(self, task, w, theta):
+        """L_i^out(w, θ): task i's test loss."""
+        return self._task_pass(task, True, w, theta)[0]
+
+    def outer_grad(self, task, w, theta):
+        """∇_w L_i^out(w, θ)."""
+        return self._task_pass(task, True, w, theta)[1]
+
+    def outer_grad_lam(self, task, w, theta):
+        """∂_θ L_i^out(w, θ) (θ-shaped; zero for ``init``)."""
+        return self._task_pass(task, True, w, theta)[3]
+
     def __repr__(self):
+        emb = f", hyper='feature_map', k={self.k}" if self.k is not None else ""
         return (f"MultiTaskProblem(model={self.model!r}, tasks={self.n_tasks}, "
                 f"shots={self.shots}, test_shots={self.test_shots}, d={self.d}, c={self.c}, "
-                f"reg={self.reg})")
+                f"reg={self.reg}{emb})")
 
 
 def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=None, *,
@@ -132,8 +256,10 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
     Parameters
     ----------
     problem : MultiTaskProblem
-    theta : array_like, shape (d,) or (d, c)
-        θ, the learned start of every task's inner loop.
+    theta : array_like, shape ``problem.lam_shape``
+        θ: the learned start of every task's inner loop, (d,) or (d, c)
+        (``init``); [P | w_0ᵀ] of shape (k, d + c) (``feature_map``), whose
+        gradient is ANIL's pair ∂/∂P, ∂/∂w_0 (thesis Prop. 10).
     method : {"reverse", "recompute", "first_order", "ufo"}, default "reverse"
         ``reverse``: UFO-BLO Alg. 4, r stored states per task.
         ``recompute``: Alg. 5, O(dim θ) memory, O(r²) steps.
@@ -143,7 +269,8 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
     steps : int ≥ 0, default 10
         r, inner GD steps per task.
     step_size : float > 0, optional
-        α; default 1/L with L = ``problem.lipschitz()``.
+        α; default 1/L with L = ``problem.lipschitz()``. Needed for
+        ``feature_map`` (its L depends on P).
     q : float in (0, 1], optional
         For ``ufo``; default min(1, 1/r): with q ∝ 1/r the expected cost
         stays O(r) (UFO-BLO Cor. 1).
@@ -178,14 +305,21 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
                         f"{type(problem).__name__}")
     _checks.check_choice("method", method, META_METHODS)
     r = _checks.check_scalar("steps", steps, low=0, integer=True)
-    L = problem.lipschitz()
-    if not (np.isfinite(L) and L > 0.0):
+    feat = problem.k is not None
+    Th, P = problem._theta_in(theta)
+    if feat and step_size is None:
+        raise ValueError("hyper='feature_map' needs step_size: the inner loss's smoothness "
+                         "depends on P, so no fixed default exists; e.g. give "
+                         "step_size=1/problem.lipschitz(theta0) for the starting theta0")
+    L = problem.lipschitz(theta) if (check_step or step_size is None) else None
+    if L is not None and not (np.isfinite(L) and L > 0.0):
         raise ValueError(f"the tasks' smoothness estimate is L={L!r}: the task data are zero "
                          "(with reg = 0) or too large for float64; scale X or use reg > 0")
     alpha = 1.0 / L if step_size is None else \
         _checks.check_scalar("step_size", step_size, low=0.0, low_inclusive=False)
-    check_step_bound(alpha, L, "gd", 0.0, check_step, label="the tasks' inner GD",
-                     what="their train losses")
+    if L is not None:
+        check_step_bound(alpha, L, "gd", 0.0, check_step, label="the tasks' inner GD",
+                         what="their train losses")
     if method == "ufo":
         q = min(1.0, 1.0 / max(r, 1)) if q is None else _checks.check_scalar("q", q, low=0.0,
                                                                             low_inclusive=False)
@@ -202,19 +336,20 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
         raise ValueError(f"meta_batch={B} exceeds the {N} tasks")
     seed = check_seed(seed)
     if method == "reverse":
-        check_bytes(r * problem.dim_lam * 8 * min(B, numba.get_num_threads()),
+        check_bytes(r * problem.c * problem._m * 8 * min(B, numba.get_num_threads()),
                      f"steps={r}: method='reverse' would store, over the tasks run at once,")
-    Th = problem._theta_in(theta)
     G = np.empty_like(Th)
+    GP = np.empty_like(P)
     val, tasks, fired, tsteps = problem.backend.meta_gradient(
         problem.X, problem.y, problem.X_test, problem.y_test,
-        problem._model, problem.reg, Th, r, alpha, META_METHODS[method], q, B, seed, G)
-    if not (np.all(np.isfinite(G)) and np.isfinite(val)):
+        problem._model, problem.reg, Th, P, r, alpha, META_METHODS[method], q, B, seed, G, GP)
+    if not (np.all(np.isfinite(G)) and np.all(np.isfinite(GP)) and np.isfinite(val)):
+        L = problem.lipschitz(theta) if L is None else L
         raise DivergenceError(f"the inner loop diverged: step_size={alpha:.4g} must be < 2/L = "
                          f"{2 / L:.4g} (L over the tasks' train losses)")
     stats = {"method": method, "steps": r, "step_size": alpha, "q": q if method == "ufo" else None,
              "meta_batch": B, "tasks": tasks.copy(), "corrections": int(fired),
              "train_steps": int(tsteps), "seed": seed,
-             "trajectory_bytes": (r if method == "reverse" else 1) * problem.dim_lam * 8,
+             "trajectory_bytes": (r if method == "reverse" else 1) * problem.c * problem._m * 8,
              "passes": int(tsteps), "time_s": time.perf_counter() - t0}
-    return HypergradientResult(problem._out(G), float(val), None, stats)
+    return HypergradientResult(problem._out(G, GP), float(val), None, stats)

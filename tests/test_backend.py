@@ -10,7 +10,7 @@ import fastbilevel as fb
 from fastbilevel.backend import CPU, CPUBackend
 
 ENTRY_POINTS = {"oracle_pass", "oracle_pass_rows", "run_schedule", "forward_mode",
-                "implicit_solve", "stocbio_run", "fsla_run", "meta_gradient", "reg_value",
+                "implicit_solve", "stocbio_run", "fsla_run", "meta_gradient", "task_pass", "reg_value",
                 "reg_grad_add", "reg_hvp_add", "cross_add"}
 PY_LAYER = ["problem.py", "hypergrad.py", "stochastic.py", "meta.py", "minimize.py",
             "datasets.py"]

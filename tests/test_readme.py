@@ -49,6 +49,9 @@ def test_readme_examples_run():
     assert np.array_equal(ns["g"].grad, again.grad)
     assert ns["fres"].history.outer_value[-1] < ns["fres"].history.outer_value[0]
     assert len(ns["sres"].history) == 20 and len(ns["mres"].history) == 50
+    anil = ns["anil"]
+    assert ns["P"].shape == (2, 10) and ns["w0"].shape == (2,)
+    assert anil.meta_value(ns["ares"].lam, 5, 0.1) < anil.meta_value(ns["theta0"], 5, 0.1)
     run(5)
     # every solver's final λ beats λ₀ when the inner problem is solved there
     prob = ns["prob"]
