@@ -102,10 +102,10 @@ def median_time(fun, repeats):
     return float(np.median(ts)), ts
 
 
-def gemm_rate(k, reps):
-    """float64 GEMM rate (GFLOP/s) of NumPy's BLAS in this process: the best
-    of ``reps`` k×k products."""
-    A = np.random.default_rng(0).standard_normal((k, k))
+def gemm_rate(k, reps, dtype="float64"):
+    """GEMM rate (GFLOP/s) of NumPy's BLAS in this process in ``dtype``: the
+    best of ``reps`` k×k products."""
+    A = np.random.default_rng(0).standard_normal((k, k)).astype(dtype)
     A @ A
     best = min(median_time(lambda: A @ A, 1)[0] for _ in range(reps))
     return 2 * k ** 3 / best / 1e9
@@ -113,7 +113,9 @@ def gemm_rate(k, reps):
 
 def machine_peaks(quick=False):
     """Measured peak read bandwidth (GB/s, all threads, an array far larger
-    than the caches) and GEMM rate (GFLOP/s, float64, NumPy's BLAS).
+    than the caches) and GEMM rates (GFLOP/s, NumPy's BLAS): ``gemm_*`` in
+    float64, ``gemm32_*`` in float32 (the compute peak of float32 rows,
+    whose tiles multiply in float32).
 
     Where the environment overrides OpenBLAS's kernel choice
     (``BLAS_OVERRIDES``, e.g. an older core type that halves the rate), the
@@ -129,12 +131,20 @@ def machine_peaks(quick=False):
     bw = nbytes / best / 1e9
     del a
     k, reps = (1500, 3) if quick else (3000, 5)
-    here = gemm_rate(k, reps)
     overridden = any(v in os.environ for v in BLAS_OVERRIDES)
-    free = _without_override({"gemm": k, "reps": reps}) if overridden else None
-    return {"read_GBps": bw, "gemm_GFLOPs": max(here, free or 0.0),
-            "gemm_GFLOPs_process": here, "gemm_GFLOPs_free": free,
-            "blas_overrides": {v: os.environ[v] for v in BLAS_OVERRIDES if v in os.environ}}
+    out = {"read_GBps": bw}
+    for key, dt in (("gemm", "float64"), ("gemm32", "float32")):
+        here = gemm_rate(k, reps, dt)
+        free = _without_override({"gemm": k, "reps": reps, "dtype": dt}) if overridden else None
+        out.update({f"{key}_GFLOPs": max(here, free or 0.0), f"{key}_GFLOPs_process": here,
+                    f"{key}_GFLOPs_free": free})
+    out["blas_overrides"] = {v: os.environ[v] for v in BLAS_OVERRIDES if v in os.environ}
+    return out
+
+
+def compute_peak(peaks, dtype):
+    """The GEMM rate (GFLOP/s) that bounds a run on ``dtype`` data."""
+    return peaks["gemm32_GFLOPs" if str(dtype) == "float32" else "gemm_GFLOPs"]
 
 
 def _without_override(spec):
@@ -269,7 +279,8 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec
         first = time.perf_counter() - t0
         med, ts = median_time(fun, repeats)
         nbytes, flops = method_cost(problem, st)
-        bound = max(nbytes / (peaks["read_GBps"] * 1e9), flops / (peaks["gemm_GFLOPs"] * 1e9))
+        bound = max(nbytes / (peaks["read_GBps"] * 1e9),
+                    flops / (compute_peak(peaks, problem.dtype) * 1e9))
         rows.append({
             "method": m, "dtype": str(problem.dtype), "steps": steps,
             "first_call_s": first, "median_s": med, "times_s": ts,
@@ -362,7 +373,8 @@ def _sweep_row(problem, name, B, steps, passes, first, med, ts, b_tr, b_va, one_
     # a batched pass reads X once for all B settings; single calls read it B times
     nbytes = passes * b_tr + (B if name == "singles" else 1) * b_va
     flops = B * one_flops
-    bound = max(nbytes / (peaks["read_GBps"] * 1e9), flops / (peaks["gemm_GFLOPs"] * 1e9))
+    bound = max(nbytes / (peaks["read_GBps"] * 1e9),
+                flops / (compute_peak(peaks, problem.dtype) * 1e9))
     return {"method": f"{name}[{B}]", "dtype": str(problem.dtype), "steps": steps,
             "first_call_s": first, "median_s": med, "times_s": ts, "passes": passes,
             "bytes": nbytes, "flops": flops, "GBps": nbytes / med / 1e9,
@@ -447,7 +459,7 @@ if __name__ == "__main__":
     import sys
     _spec = json.loads(sys.argv[1])
     if "gemm" in _spec:
-        print(gemm_rate(_spec["gemm"], _spec["reps"]))
+        print(gemm_rate(_spec["gemm"], _spec["reps"], _spec.get("dtype", "float64")))
     elif "time" in _spec:
         print(_method_time(_spec))
     elif "B" in _spec:

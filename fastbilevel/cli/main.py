@@ -108,11 +108,13 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     t0 = time.perf_counter()
     peaks = machine_peaks(quick=quick)
     click.echo(f"machine: read {peaks['read_GBps']:.1f} GB/s, GEMM {peaks['gemm_GFLOPs']:.1f} GFLOP/s "
-               f"(float64), {_threads()} threads")
+               f"float64 / {peaks['gemm32_GFLOPs']:.1f} float32, {_threads()} threads")
     if peaks["gemm_GFLOPs_free"] is not None:
         over = ", ".join(f"{k}={v}" for k, v in peaks["blas_overrides"].items())
-        click.echo(f"  NumPy GEMM: {peaks['gemm_GFLOPs_process']:.1f} GFLOP/s in this process "
-                   f"({over}), {peaks['gemm_GFLOPs_free']:.1f} without that override (a child "
+        click.echo(f"  NumPy GEMM: {peaks['gemm_GFLOPs_process']:.1f} / "
+                   f"{peaks['gemm32_GFLOPs_process']:.1f} GFLOP/s (float64 / float32) in this "
+                   f"process ({over}), {peaks['gemm_GFLOPs_free']:.1f} / "
+                   f"{peaks['gemm32_GFLOPs_free']:.1f} without that override (a child "
                    "process); the roofline uses the higher")
     dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
     rows = []
