@@ -20,6 +20,25 @@ class DivergenceError(ValueError):
     :func:`fastbilevel.sweep` flags such a setting instead of raising."""
 
 
+# |λ| past which e^λ overflows (or underflows to a strength of 0) in float64
+MAX_EXP_LAM = 709.0
+
+
+def exp_lam_escape(problem, lam):
+    """For the maps whose strength is e^λ (``l2``, ``feature_l2``): a phrase
+    saying where λ went when an outer update took it past ±MAX_EXP_LAM (e^λ
+    overflows, or is 0: no regularization left, the mark of a λ step far
+    too large), else None."""
+    if problem.hyper not in ("feature_l2", "l2"):
+        return None
+    hi, lo = float(np.max(lam)), float(np.min(lam))
+    if hi > MAX_EXP_LAM:
+        return f"took lam to {hi:.4g}, where e^lam overflows"
+    if lo < -MAX_EXP_LAM:
+        return f"took lam to {lo:.4g}, where e^lam is 0 (no regularization left)"
+    return None
+
+
 def check_problem(problem, kinds):
     """``problem`` must be an instance of one of ``kinds`` (classes); a
     built-in Dataset gets a hint to call its ``problem()``."""

@@ -26,20 +26,16 @@ OUTER = ("sgd", "adam", "nesterov", "hoag")
 TOL_SCHEDULES = ("exponential", "quadratic", "cubic")
 
 
-# e^λ overflows float64 past this (feature_l2, l2)
-_MAX_EXP_LAM = 709.0
-
-
 def _check_outer_step(problem, lam, k, lr, outer):
     """Refuse a λ that the outer update made unusable, naming what to change."""
     if not np.all(np.isfinite(lam)):
         hint = " or betas" if outer == "adam" else ""
         raise ValueError(f"the {outer} update made lam non-finite at outer iteration {k}: "
                          f"lower lr={lr:g}{hint}")
-    if problem.hyper in ("feature_l2", "l2") and np.max(lam) > _MAX_EXP_LAM:
-        raise ValueError(f"the {outer} update took lam to {np.max(lam):.4g} at outer iteration "
-                         f"{k}, where e^lam overflows: lower lr={lr:g} or give "
-                         "bounds=(low, high)")
+    escape = _checks.exp_lam_escape(problem, lam)
+    if escape:
+        raise ValueError(f"the {outer} update {escape} at outer iteration {k}: lower "
+                         f"lr={lr:g} or give bounds=(low, high)")
 
 
 def _call_back(callback, k, point, result):

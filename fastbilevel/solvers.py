@@ -270,6 +270,10 @@ def _loop(problem, st, iters, s, hist, callback, run):
             raise DivergenceError(
                 f"method={st.method!r} diverged at iteration {status} (an iterate stopped "
                 f"being finite): lower lr={s['lr']:.4g} or step_size={s['step_size']:.4g}")
+        escape = _checks.exp_lam_escape(problem, st.lam)
+        if escape:
+            raise DivergenceError(f"method={st.method!r} {escape} by iteration {k + chunk}: "
+                                  f"lower lr={s['lr']:.4g} or give bounds=(low, high)")
         k += chunk
         rows_total += int(counts[0])
         w = problem._w_out(st.W)

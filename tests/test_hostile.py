@@ -187,8 +187,17 @@ def test_outer_step_that_overflows_names_lr():
                           np.zeros(40))
     g = fb.hypergradient(p, np.array(-3.0), steps=20).grad
     assert g < 0
-    with pytest.raises(ValueError, match=r"lr=1e\+06"):
+    with pytest.raises(ValueError, match=r"e\^lam overflows at outer iteration 0: lower lr=1e\+06"):
         fb.minimize(p, np.array(-3.0), method="reverse", outer="sgd", lr=1e6, iters=3,
+                    steps=20)
+    # the other way: clean labels, where less regularization helps, and the
+    # same step sends λ far down, where e^λ is 0 (no regularization left)
+    w = rng.standard_normal(5)
+    X, Xv = rng.standard_normal((50, 5)), rng.standard_normal((30, 5))
+    clean = fb.BilevelProblem("linear", "l2", X, X @ w, Xv, Xv @ w)
+    assert fb.hypergradient(clean, np.array(1.0), steps=20).grad > 0
+    with pytest.raises(ValueError, match=r"took lam to -.*e\^lam is 0 .* lower lr=1e\+06"):
+        fb.minimize(clean, np.array(1.0), method="reverse", outer="sgd", lr=1e6, iters=3,
                     steps=20)
 
 

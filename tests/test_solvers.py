@@ -418,6 +418,11 @@ def test_refusals():
     prob, _ = make_problem("logistic", "feature_l2", "dense64")
     with pytest.raises(fb.DivergenceError, match="diverged at iteration .* lower lr=1e"):
         run_solver(prob, random_lam(prob), "soba", lr=1e6, iters=50)
+    # a λ step far too large that stays finite: e^λ is 0, no regularization left
+    prob, _ = make_problem("logistic", "l2", "dense64")
+    with pytest.raises(fb.DivergenceError, match=r"method='soba' took lam to -.*e\^lam is 0 .*"
+                                                 r"lower lr=1e\+12 or give bounds"):
+        run_solver(prob, random_lam(prob), "soba", lr=1e12, iters=50, eval_every=10)
     mt = fb.datasets.few_shot(n_tasks=4).problem()
     with pytest.raises(ValueError, match="MultiTaskProblem"):
         fb.minimize(mt, np.zeros(mt.lam_shape), method="soba")
