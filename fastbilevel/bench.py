@@ -262,6 +262,17 @@ def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
                                  momentum=momentum, **kw).stats
 
 
+def float32_error(p64, p32, steps):
+    """Relative error ‖h₃₂ − h₆₄‖/‖h₆₄‖ of the reverse hypergradient on float32
+    data against float64 data (the same λ and step size: the float64
+    problem's default), T = ``steps``."""
+    lam = default_lam(p64)
+    gamma = resolve_step_size(p64, lam, None)
+    h64 = hypergradient(p64, lam, "reverse", steps=steps, step_size=gamma).grad
+    h32 = hypergradient(p32, lam, "reverse", steps=steps, step_size=gamma).grad
+    return float(np.linalg.norm(h32 - h64) / np.linalg.norm(h64))
+
+
 def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec=None,
               **opts):
     """Time each method on (problem, lam) in this process; one dict per method.

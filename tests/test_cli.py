@@ -51,6 +51,27 @@ def test_bench_toy_json(tmp_path):
     assert f"{r['speedup_vs_numpy']:.2f}x" in res.output
 
 
+def test_bench_both_dtypes_reports_the_float32_error(tmp_path):
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["bench", "--problem", "ridge", "--quick", "--dtype", "both",
+                                   "-T", "5", "--repeats", "1", "--methods", "reverse",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert [r["dtype"] for r in data["results"]] == ["float64", "float32"]
+    ds64 = bench_mod.bench_dataset("ridge", True, 0, "float64")
+    ds32 = bench_mod.bench_dataset("ridge", True, 0, "float32")
+    p64, p32 = ds64.problem(), ds32.problem()
+    lam = bench_mod.default_lam(p64)
+    gamma = 1.0 / p64.lipschitz(lam)
+    h64 = fb.hypergradient(p64, lam, steps=5, step_size=gamma).grad
+    h32 = fb.hypergradient(p32, lam, steps=5, step_size=gamma).grad
+    want = np.linalg.norm(h32 - h64) / np.linalg.norm(h64)
+    assert 0 < want < 1e-4
+    assert data["float32_rel_err"] == pytest.approx(want, rel=1e-6)
+    assert f"relative error {want:.2e}" in res.output
+
+
 def test_bench_rejects_unknown_method():
     res = CliRunner().invoke(cli, ["bench", "--methods", "reverse,magic"])
     assert res.exit_code != 0 and "unknown method" in res.output

@@ -13,7 +13,7 @@ from .. import datasets
 from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_dirs
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
-                     machine_peaks, peak_rss_mb, run_bench, run_sweep_bench)
+                     float32_error, machine_peaks, peak_rss_mb, run_bench, run_sweep_bench)
 
 
 def _data_options(f):
@@ -118,6 +118,7 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                    "process); the roofline uses the higher")
     dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
     rows = []
+    probs = {}
     for dt in dtypes:
         if data_path:
             ds = _load(data_path, model, hyper, val_fraction, seed, dt)
@@ -126,6 +127,7 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
             ds = bench_dataset(problem, quick, seed, dt)
             name = problem
         prob = ds.problem(hyper=hyper, dtype=dt)
+        probs[dt] = prob
         click.echo(f"problem: {name} {prob}")
         opts = dict(solver=solver, momentum=momentum, snapshots=snapshots, schedule=schedule, K=K)
         spec = {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
@@ -148,6 +150,11 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                      "data": data_path, "model": model, "val_fraction": val_fraction})
         rows += new
     click.echo(format_table(rows))
+    f32_err = None
+    if len(probs) == 2:
+        f32_err = float32_error(probs["float64"], probs["float32"], T)
+        click.echo(f"float32 against float64 data: reverse hypergradient relative error "
+                   f"{f32_err:.2e} (T={T}, same λ and step size)")
     click.echo(f"total {time.perf_counter() - t0:.1f} s")
     if plot_path:
         from ..plot import plot_bench
@@ -156,7 +163,8 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     if json_path:
         with open(json_path, "w") as fh:
             json.dump({"problem": problem, "quick": quick, "machine": peaks,
-                       "threads": _threads(), "results": rows}, fh, indent=2)
+                       "threads": _threads(), "float32_rel_err": f32_err, "results": rows},
+                      fh, indent=2)
         click.echo(f"wrote {json_path}")
 
 
