@@ -39,6 +39,10 @@ from .._codes import (ADV, ADV_STORE, AGD, CG, CONVERGED, DIVERGED, FINISH,  # n
                       REV_BUF, REV_STATE, SNAP)
 
 _FM = set(config.FASTMATH)
+# a batched CSR pass computes its dots column by column (random accesses into
+# per-chunk (n, 2·B·c) row dots instead of the (d, 2·B·c) panel) when d > n
+# and those buffers take at most this many bytes
+SCATTER_BYTES = 256 * 2**20
 _GROWTH = config.DIVERGENCE_GROWTH
 _GROWTH_GD = config.DIVERGENCE_GROWTH_GD
 
@@ -165,23 +169,56 @@ def _gather_row(indptr, indices, data, i, Pn, z):
 
 @njit(cache=True)
 def rows_csr_coefs_multi(indptr, indices, data, lo, hi, y, A, model, c, Pn, need_u,
-                         want_grad, want_hvp, inv_n, CG, CH, cross, vals):
+                         want_grad, want_hvp, inv_n, CG, CH, cross, vals, Zs):
     """First phase of a batched CSR pass over rows lo..hi: the dots of each
-    row with every setting's weights (and directions, from one gather over
-    the panel Pn = [W | V]) and the per-row coefficients CG[i], CH[i] (B·c
-    each); vals[b] accumulates the losses."""
+    row with every setting's weights (and directions: the panel Pn = [W | V])
+    and the per-row coefficients CG[i], CH[i] (B·c each); vals[b]
+    accumulates the losses. The dots are gathered row by row from Pn, or,
+    when ``Zs`` has rows, read from Zs[i] (computed column by column by
+    :func:`scatter_cols_multi`)."""
     Bc = CG.shape[1]
-    zu = np.zeros(2 * Bc if need_u else Bc)
+    K = 2 * Bc if need_u else Bc
+    zu = np.zeros(K)
     z = zu[:Bc]
     u = zu[Bc:] if need_u else np.zeros(Bc)
     dl = np.empty(c)
     hu = np.empty(c)
     empty = np.empty(0)
+    from_cols = Zs.shape[0] > 0
     for i in range(lo, hi):
-        _gather_row(indptr, indices, data, i, Pn, zu)
+        if from_cols:
+            for k in range(K):
+                zu[k] = Zs[i, k]
+        else:
+            _gather_row(indptr, indices, data, i, Pn, zu)
         _row_settings(model, y[i], i, c, z, u, A, inv_n, want_grad, want_hvp,
                       CG[i if want_grad else 0], CH[i if want_hvp else 0], cross, empty, dl,
                       hu, vals)
+
+
+@njit(cache=True, fastmath=_FM)
+def scatter_cols_multi(tptr, tidx, tdata, j0, j1, Pn, K, Zt):
+    """Zt[i, :K] = Σ_{j0 ≤ j < j1} x_ij Pn[j, :K]: the columns' share of every
+    row's dots, from Xᵀ's CSR form. Pn is read in order and the random
+    accesses go to Zt (n × K), far smaller than the panel when d ≫ n."""
+    for i in range(Zt.shape[0]):
+        for k in range(K):
+            Zt[i, k] = 0.0
+    for j in range(j0, j1):
+        for q in range(tptr[j], tptr[j + 1]):
+            x = tdata[q]
+            i = tidx[q]
+            for k in range(K):
+                Zt[i, k] += x * Pn[j, k]
+
+
+@njit(cache=True, fastmath=_FM)
+def _sum_chunks_rows(Zb, lo, hi, K):
+    """Zb[0, i, :K] += Zb[s, i, :K] for s = 1, 2, ... in order, rows lo..hi."""
+    for s in range(1, Zb.shape[0]):
+        for i in range(lo, hi):
+            for k in range(K):
+                Zb[0, i, k] += Zb[s, i, k]
 
 
 @njit(cache=True, fastmath=_FM)
@@ -243,7 +280,8 @@ def _pass_multi(X, indptr, indices, data, y, XT, A, model, W, V, want_grad, want
 
 def _scratch_multi(indptr, n, B, c, d, nchunks):
     """Work arrays of :func:`_pass_multi`: per-chunk accumulators (dense) or
-    the gathered panel [W | V] and per-row coefficients (CSR)."""
+    the gathered panel [W | V], per-row coefficients and, where they fit in
+    ``SCATTER_BYTES``, per-chunk row dots (CSR)."""
     raise NotImplementedError("only callable from compiled code")
 
 
@@ -257,8 +295,10 @@ def _ol_scratch_multi(indptr, n, B, c, d, nchunks):
         return dense_impl
 
     def csr_impl(indptr, n, B, c, d, nchunks):
-        return (np.empty((0, 0, 0)), np.empty((0, 0, 0)), np.empty((d, 2 * B * c)),
-                np.empty((2 * n, B * c)))
+        nch = max(1, min(nchunks, n))
+        cols = nch * n * 2 * B * c * 8 <= SCATTER_BYTES and d > n
+        Zb = np.empty((nch, n, 2 * B * c)) if cols else np.empty((0, 0, 0))
+        return (Zb, np.empty((0, 0, 0)), np.empty((d, 2 * B * c)), np.empty((2 * n, B * c)))
     return csr_impl
 
 
@@ -309,10 +349,21 @@ def _ol_pass_multi(X, indptr, indices, data, y, XT, A, model, W, V, want_grad, w
         CH = scratch[3][n:]
         vb = np.zeros((nch, B))
         inv_n = 1.0 / n
+        Zb = scratch[0]
+        if Zb.shape[0] > 0:             # the dots column by column, chunks summed in order
+            K = 2 * Bc if need_u else Bc
+            cb = _nnz_bounds(tptr, d, nch)
+            for t in prange(nch):
+                scatter_cols_multi(tptr, tidx, tdata, cb[t], cb[t + 1], Pn, K, Zb[t])
+            for t in prange(nch):
+                _sum_chunks_rows(Zb, (n * t) // nch, (n * (t + 1)) // nch, K)
+            Zs = Zb[0]
+        else:
+            Zs = np.empty((0, 0))
         for t in prange(nch):
             rows_csr_coefs_multi(indptr, indices, data, bounds[t], bounds[t + 1], y, A,
                                  model, c, Pn, need_u, want_grad, want_hvp, inv_n, CG, CH,
-                                 cross, vb[t])
+                                 cross, vb[t], Zs)
         G2 = G.reshape((Bc, d))
         HV2 = HV.reshape((Bc, d))
         for s in prange(nch):
