@@ -56,6 +56,30 @@ def test_batched_sweep_equals_single_calls(model, hyper, fmt):
             assert sw.stats["passes"] == singles[0].stats["passes"]
 
 
+@pytest.mark.parametrize("model,hyper", [("logistic", "feature_l2"),
+                                         ("multinomial", "sample_weights")])
+def test_wide_sparse_sweep_computes_dots_by_columns(model, hyper):
+    """d > n: the batched CSR pass takes its row dots column by column over
+    Xᵀ (per-chunk (n, 2·B·c) buffers); every setting still equals its single
+    call, for gradient passes and H·v/cross passes alike."""
+    from fastbilevel.kernels import batched
+    from numba import njit
+
+    @njit
+    def dot_buffers(indptr, n, B, c, d, nch):     # chunks of row dots the pass allocates
+        return batched._scratch_multi(indptr, n, B, c, d, nch)[0].shape[0]
+
+    prob, _ = make_problem(model, hyper, "csr32", n=12, d=40)
+    ip = prob.train.indptr
+    assert dot_buffers(ip, prob.n, 8, prob.c, prob.d, 2) == 2
+    assert dot_buffers(ip, prob.n, 8, prob.c, prob.n - 1, 2) == 0    # d < n: gathered
+    for k, (method, kw) in enumerate(BATCHED[:1] + BATCHED[4:5]):
+        lams = _lams(prob, 8, seed=k)
+        sw = fb.sweep(prob, lams, method=method, steps=9, strategy="rows", **kw)
+        _assert_matches(sw, [_single(prob, lams[b], method, steps=9, **kw) for b in range(8)],
+                        1e-12)
+
+
 @pytest.mark.parametrize("solver", ["heavy_ball", "agd"])
 @pytest.mark.parametrize("fmt", ["dense64", "csr32"])
 def test_momentum_solvers_with_per_setting_steps(solver, fmt):
