@@ -169,13 +169,13 @@ def _gather_row(indptr, indices, data, i, Pn, z):
 
 @njit(cache=True)
 def rows_csr_coefs_multi(indptr, indices, data, lo, hi, y, A, model, c, Pn, need_u,
-                         want_grad, want_hvp, inv_n, CG, CH, cross, vals, Zs):
+                         want_grad, want_hvp, inv_n, CG, CH, cross, vals, Zb):
     """First phase of a batched CSR pass over rows lo..hi: the dots of each
     row with every setting's weights (and directions: the panel Pn = [W | V])
     and the per-row coefficients CG[i], CH[i] (B·c each); vals[b]
     accumulates the losses. The dots are gathered row by row from Pn, or,
-    when ``Zs`` has rows, read from Zs[i] (computed column by column by
-    :func:`scatter_cols_multi`)."""
+    when ``Zb`` has chunks, read from Zb[0, i] (computed column by column
+    by :func:`scatter_cols_multi` and summed by :func:`_sum_chunks_rows`)."""
     Bc = CG.shape[1]
     K = 2 * Bc if need_u else Bc
     zu = np.zeros(K)
@@ -184,11 +184,11 @@ def rows_csr_coefs_multi(indptr, indices, data, lo, hi, y, A, model, c, Pn, need
     dl = np.empty(c)
     hu = np.empty(c)
     empty = np.empty(0)
-    from_cols = Zs.shape[0] > 0
+    from_cols = Zb.shape[0] > 0
     for i in range(lo, hi):
         if from_cols:
             for k in range(K):
-                zu[k] = Zs[i, k]
+                zu[k] = Zb[0, i, k]
         else:
             _gather_row(indptr, indices, data, i, Pn, zu)
         _row_settings(model, y[i], i, c, z, u, A, inv_n, want_grad, want_hvp,
@@ -296,8 +296,10 @@ def _ol_scratch_multi(indptr, n, B, c, d, nchunks):
 
     def csr_impl(indptr, n, B, c, d, nchunks):
         nch = max(1, min(nchunks, n))
-        cols = nch * n * 2 * B * c * 8 <= SCATTER_BYTES and d > n
-        Zb = np.empty((nch, n, 2 * B * c)) if cols else np.empty((0, 0, 0))
+        # arithmetic, not a conditional (a phi node used in prange bodies
+        # trips Numba's SSA check): no chunks of row dots unless they fit
+        cols = (nch * n * 2 * B * c * 8 <= SCATTER_BYTES) & (d > n)
+        Zb = np.empty((nch * cols, n, 2 * B * c))
         return (Zb, np.empty((0, 0, 0)), np.empty((d, 2 * B * c)), np.empty((2 * n, B * c)))
     return csr_impl
 
@@ -350,20 +352,17 @@ def _ol_pass_multi(X, indptr, indices, data, y, XT, A, model, W, V, want_grad, w
         vb = np.zeros((nch, B))
         inv_n = 1.0 / n
         Zb = scratch[0]
+        K = Bc * (1 + need_u)           # arithmetic, not a conditional: no phi node
+        cb = _nnz_bounds(tptr, d, nch)
         if Zb.shape[0] > 0:             # the dots column by column, chunks summed in order
-            K = 2 * Bc if need_u else Bc
-            cb = _nnz_bounds(tptr, d, nch)
             for t in prange(nch):
                 scatter_cols_multi(tptr, tidx, tdata, cb[t], cb[t + 1], Pn, K, Zb[t])
             for t in prange(nch):
                 _sum_chunks_rows(Zb, (n * t) // nch, (n * (t + 1)) // nch, K)
-            Zs = Zb[0]
-        else:
-            Zs = np.empty((0, 0))
         for t in prange(nch):
             rows_csr_coefs_multi(indptr, indices, data, bounds[t], bounds[t + 1], y, A,
                                  model, c, Pn, need_u, want_grad, want_hvp, inv_n, CG, CH,
-                                 cross, vb[t], Zs)
+                                 cross, vb[t], Zb)
         G2 = G.reshape((Bc, d))
         HV2 = HV.reshape((Bc, d))
         for s in prange(nch):
