@@ -266,3 +266,54 @@ def numpy_fsla(problem, lam0, iters, delta, c_tau, c_beta, c_eta, batch_size, ou
         W, V = W - c_tau * a * G, V + c_beta * a * (P - HV)
         dm = est(prm, W, V, st) + (1 - min(1.0, c_eta * a)) * (dm - e_old)
     return pub(lam), p._w_out(W.T), p._w_out(V.T)
+
+
+def _loss_values(model, Z, y):
+    """Row losses ℓ(Z; y) (Z of shape (n, c))."""
+    if model == "linear":
+        return 0.5 * (Z[:, 0] - y) ** 2
+    if model == "logistic":
+        return np.logaddexp(0.0, -y * Z[:, 0])
+    m = Z.max(axis=1)
+    return m + np.log(np.exp(Z - m[:, None]).sum(axis=1)) - Z[np.arange(len(y)), y.astype(np.int64)]
+
+
+def numpy_meta_reverse(problem, theta, steps, step_size):
+    """(grad, value) of the exact meta-gradient of a MultiTaskProblem over all
+    tasks, by reverse mode with stored inner iterates, in NumPy: MAML
+    (``init``) or ANIL (``feature_map``: the inner loop on X Pᵀ; ∂/∂P by
+    the thesis' Prop. 10). The baseline the meta-learning bench times."""
+    p = problem
+    th = np.asarray(theta, dtype=np.float64)
+    feat = p.hyper == "feature_map"
+    if feat:
+        P, W0 = th[:, :p.d], th[:, p.d:]
+    else:
+        P, W0 = None, th.reshape(p.d, p.c)
+    model, reg, a = p.model, p.reg, step_size
+    gW, gP, vals = np.zeros_like(W0), None if P is None else np.zeros_like(P), []
+    for i in range(p.n_tasks):
+        X, y = p.X[i].astype(np.float64), p.y[i]
+        Xt, yt = p.X_test[i].astype(np.float64), p.y_test[i]
+        E, Et = (X @ P.T, Xt @ P.T) if feat else (X, Xt)
+        s, t = len(y), len(yt)
+        Ws = [W0]
+        for _ in range(steps):
+            W = Ws[-1]
+            Ws.append(W - a * (E.T @ _dloss(model, E @ W, y)[0] / s + reg * W))
+        W = Ws.pop()
+        R = _dloss(model, Et @ W, yt)[0] / t
+        vals.append(np.mean(_loss_values(model, Et @ W, yt)))
+        b = Et.T @ R
+        if feat:
+            gP += W @ R.T @ Xt
+        for W in reversed(Ws):
+            Z = E @ W
+            D, HB = _dloss(model, Z, y, E @ b)
+            if feat:    # ∂_P⟨∇_W L_S, b⟩ = b Dᵀ X / s + W (ℓ''·(E b))ᵀ X / s
+                gP -= a * (b @ D.T @ X + W @ HB.T @ X) / s
+            b = b - a * (E.T @ HB / s + reg * b)
+        gW += b
+    n = p.n_tasks
+    grad = np.hstack([gP / n, gW / n]) if feat else (gW / n).reshape(np.shape(theta))
+    return grad, float(np.mean(vals))

@@ -119,6 +119,21 @@ def test_anil_meta_gradients_match_finite_differences(model):
     assert naive.rel_err(g0.grad, np_first_order(prob, theta, 0, alpha)) < 1e-12
 
 
+@pytest.mark.parametrize("hyper,k", [("feature_map", 3), ("init", None)])
+def test_meta_reverse_equals_the_numpy_recursion(hyper, k):
+    """The reference the meta-learning bench times (NumPy, stored iterates,
+    Prop. 10 written out) gives the kernel's meta-gradient to rounding."""
+    from fastbilevel.reference import numpy_meta_reverse
+    ds = fb.datasets.few_shot(n_tasks=6, shots=6, test_shots=7, d=5, model="multinomial",
+                              n_classes=3, seed=2, rank=2)
+    prob = ds.problem(reg=REG, hyper=hyper, k=k)
+    theta = np.random.default_rng(4).standard_normal(prob.lam_shape) * 0.4
+    g = fb.hypergradient(prob, theta, "reverse", steps=5, step_size=0.3)
+    grad, value = numpy_meta_reverse(prob, theta, 5, 0.3)
+    assert naive.rel_err(g.grad, grad) < 1e-12
+    assert g.value == pytest.approx(value, rel=1e-12)
+
+
 def test_anil_ufo_is_unbiased():
     ds, prob = anil_problem("logistic", n_tasks=12)
     theta = np.random.default_rng(1).standard_normal(prob.lam_shape) * 0.4
