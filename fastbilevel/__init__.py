@@ -15,10 +15,11 @@ from .problem import BilevelProblem
 from .stochastic import fsla, hessian_batch_sizes, stocbio
 from .sweep import SweepResult, sweep
 from ._checks import DivergenceError
+from .cuda import DeviceError
 from ._results import MinimizeInterrupted
 
 __all__ = ["BilevelProblem", "hypergradient", "HypergradientResult", "solve", "plan",
            "minimize", "MinimizeResult", "History",
            "MultiTaskProblem", "meta_hypergradient", "stocbio", "fsla", "hessian_batch_sizes",
-           "sweep", "SweepResult", "DivergenceError", "MinimizeInterrupted", "minimize_many", "MultiStartResult",
+           "sweep", "SweepResult", "DivergenceError", "DeviceError", "MinimizeInterrupted", "minimize_many", "MultiStartResult",
            "datasets", "kernels", "config", "__version__"]

@@ -51,6 +51,13 @@ def check_problem(problem, kinds):
     raise TypeError(f"problem must be a {names}, got {type(problem).__name__}")
 
 
+def require_cpu(problem, what):
+    """``what`` runs on the CPU backend only: refuse a GPU problem."""
+    if getattr(problem.backend, "name", "cpu") != "cpu":
+        from .cuda import not_on_gpu
+        raise not_on_gpu(what)
+
+
 def _check_entries(name, values):
     """No NaN/inf, and no entry so large that squares overflow float64."""
     if values.size == 0:

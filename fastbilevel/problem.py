@@ -39,6 +39,9 @@ class BilevelProblem:
         Number of classes c for ``multinomial``. Default: the number of
         classes in y, whose labels must then be 0..c−1 with every class
         present (a label that skips classes is refused).
+    device : {"cpu", "cuda"}, optional
+        Where the passes run (default "cpu"). "cuda" copies the data to the
+        GPU once (``pip install fastbilevel[cuda]``); see :meth:`to`.
 
     Weights ``w`` are arrays of shape (d,) (linear, logistic) or (d, c)
     (multinomial). λ has shape (n,), (d,), () , w's shape, w's shape for the
@@ -46,7 +49,7 @@ class BilevelProblem:
     """
 
     def __init__(self, model, hyper, X, y, X_val, y_val, reg=None, dtype=None,
-                 n_classes=None):
+                 n_classes=None, device="cpu"):
         self.model = _checks.check_choice("model", model, MODELS)
         self.hyper = _checks.check_choice("hyper", hyper, MAPS)
         self._model = MODELS[model].code
@@ -79,6 +82,38 @@ class BilevelProblem:
             self.reg = None
         self._data_sq_norm = None
         self._max_row_sq = None
+        self._set_device(device)
+
+    # ----------------------------------------------------------------- device
+    def _set_device(self, device):
+        device = _checks.check_choice("device", device, ("cpu", "cuda"))
+        if device == "cpu":
+            self.backend = CPU
+        else:
+            from .cuda import CUDABackend
+            self.backend = CUDABackend(self)
+
+    @property
+    def device(self):
+        """Where the passes run: "cpu" or "cuda"."""
+        return self.backend.name
+
+    def to(self, device):
+        """This problem on ``device`` ("cpu" or "cuda"): a new problem sharing
+        the host arrays, whose passes run there (for "cuda", its data is
+        copied to the GPU once, here). Every method takes and returns NumPy
+        arrays on either device. ``device="cuda"`` without a usable GPU raises
+        :class:`fastbilevel.cuda.DeviceError`.
+
+        On the GPU today: the oracles, ``hypergradient`` with every exact
+        method (reverse, checkpointed, recompute, truncated, forward,
+        implicit) and full-batch solvers, ``solve`` and ``minimize`` with those
+        methods. Minibatch inner loops, stocBiO, FSLA, the solver family and
+        ``sweep`` refuse a GPU problem (use ``.to("cpu")``)."""
+        import copy
+        other = copy.copy(self)
+        other._set_device(device)
+        return other
 
     # ---------------------------------------------------------------- layouts
     @property

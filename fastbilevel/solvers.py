@@ -156,6 +156,7 @@ def run_solver(problem, lam0, method, iters=300, *, lr=None, step_size=None,
         When an iterate stops being finite (lower ``lr`` or ``step_size``).
     """
     _checks.check_problem(problem, (BilevelProblem,))
+    _checks.require_cpu(problem, f"method={method!r}")
     _checks.check_choice("method", method, METHODS)
     given = {k: v for k, v in dict(
         inner_steps=inner_steps, linear_steps=linear_steps, linear_step=linear_step, Q=Q,

@@ -346,6 +346,7 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
     """
     t0 = time.perf_counter()
     _checks.check_problem(problem, (BilevelProblem,))
+    _checks.require_cpu(problem, "sweep")
     _checks.check_choice("method", method, METHODS)
     given = given_keywords(dict(step_size=step_size, w0=w0, K=K, snapshots=snapshots,
                                 schedule=schedule, momentum=momentum,

@@ -1,0 +1,150 @@
+"""The CUDA backend's test cases, shared by the simulator run
+(``python tests/cuda_cases.py OUT.npz``, with NUMBA_ENABLE_CUDASIM=1: every
+case on ``problem.to("cuda")``) and ``test_cuda.py`` (the same cases on the
+CPU backend, compared with the saved GPU results).
+
+Small problems (the simulator runs every GPU thread as a Python thread):
+every model × map × format for the oracles and reverse mode, and every
+method and inner solver on a few of them.
+"""
+import sys
+import time
+import traceback
+
+import numpy as np
+
+MODELS = ["linear", "logistic", "multinomial"]
+HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
+ORACLES = ["inner_value", "inner_grad", "hvp", "cross", "outer_value", "outer_grad"]
+STEP = 0.2          # γ for every case but the one that checks the default (1/L)
+
+
+def _cases():
+    out = []
+    for m in MODELS:
+        for h in HYPERS:
+            for f in ("dense64", "csr64", "dense32", "csr32"):
+                out.append((f"oracles-{m}-{h}-{f}", m, h, f, "oracles", {}))
+            for f in ("dense64", "csr64"):
+                out.append((f"reverse-{m}-{h}-{f}", m, h, f, "reverse", {}))
+        for f in ("dense32", "csr32"):
+            out.append((f"reverse-{m}-feature_l2-{f}", m, "feature_l2", f, "reverse", {}))
+    # every method and solver, on a dense and a CSR problem of different maps
+    for m, h, f in (("logistic", "sample_weights", "dense64"),
+                    ("multinomial", "feature_l2", "csr64"),
+                    ("linear", "biased_l2", "csr32")):
+        for solver in ("heavy_ball", "agd"):
+            out.append((f"reverse-{solver}-{m}-{h}-{f}", m, h, f, "reverse",
+                        {"solver": solver}))
+            out.append((f"forward-{solver}-{m}-{h}-{f}", m, h, f, "forward",
+                        {"solver": solver}))
+        for meth, kw in (("checkpointed", {"snapshots": 2}), ("recompute", {}),
+                         ("truncated", {"K": 2}), ("forward", {}), ("solve", {}),
+                         ("implicit", {"linear_solver": "cg", "K": 30}),
+                         ("implicit", {"linear_solver": "neumann", "K": 8}),
+                         ("implicit", {"linear_solver": "heavy_ball", "K": 8})):
+            tag = kw.get("linear_solver", "")
+            out.append((f"{meth}{tag}-{m}-{h}-{f}", m, h, f, meth, kw))
+    for m in MODELS:    # forward mode's per-map tangent terms, every map
+        for h in ("sample_weights", "l2", "init"):
+            out.append((f"forward-{m}-{h}-dense64", m, h, "dense64", "forward", {}))
+    # the default step size (power iteration on the GPU, c = 1 for multinomial too)
+    out.append(("default-step-multinomial-l2-dense64", "multinomial", "l2", "dense64",
+                "reverse", {"step_size": None}))
+    return out
+
+
+CASES = _cases()
+
+
+def problem_of(case):
+    from conftest import make_problem, random_lam
+    _, m, h, f, _, _ = case
+    prob, _ = make_problem(m, h, f, n=12, m=5, d=4)
+    return prob, random_lam(prob)
+
+
+def run_case(prob, lam, case):
+    """The case's results on ``prob`` (either device): name → array."""
+    import fastbilevel as fb
+    _, _, _, _, what, kw = case
+    rng = np.random.default_rng(7)
+    if what == "oracles":
+        w = 0.5 * rng.standard_normal(prob.w_shape)
+        v = rng.standard_normal(prob.w_shape)
+        out = {}
+        for o in ORACLES:
+            args = {"inner_value": (w, lam), "inner_grad": (w, lam), "hvp": (w, lam, v),
+                    "cross": (w, lam, v), "outer_value": (w,), "outer_grad": (w,)}[o]
+            out[o] = np.asarray(getattr(prob, o)(*args), dtype=float)
+        return out
+    kw = dict(kw)
+    kw.setdefault("step_size", STEP)
+    if what == "solve":
+        r = fb.solve(prob, lam, steps=4, **kw)
+        return {"value": np.float64(r.value), "w": r.w,
+                "inner_values": r.stats["inner_values"]}
+    r = fb.hypergradient(prob, lam, method=what, steps=4, **kw)
+    return {"grad": np.asarray(r.grad, dtype=float), "value": np.float64(r.value), "w": r.w,
+            "inner_values": r.stats["inner_values"],
+            "passes": np.array([r.stats["gradient_passes"], r.stats["hvp_passes"]])}
+
+
+def refusals():
+    """What a GPU problem refuses: name → the error's type and message."""
+    import fastbilevel as fb
+    from conftest import make_problem, random_lam
+    prob, _ = make_problem("logistic", "l2", "dense64", n=12, m=5, d=4)
+    g = prob.to("cuda")
+    lam = random_lam(prob)
+    calls = {
+        "stocbio": lambda: fb.stocbio(g, lam, steps=2, batch_size=4),
+        "fsla": lambda: fb.fsla(g, np.zeros(()), iters=2),
+        "sweep": lambda: fb.sweep(g, np.zeros((2,)), steps=2),
+        "soba": lambda: fb.minimize(g, np.zeros(()), method="soba", iters=2),
+        "minibatch": lambda: fb.hypergradient(g, lam, steps=2, batch_size=4, solver="sgd"),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = "no error"
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def main(path):
+    import fastbilevel as fb
+    from fastbilevel.cuda import simulated
+    assert simulated(), "run with NUMBA_ENABLE_CUDASIM=1"
+    t0 = time.perf_counter()
+    res = {}
+    errors = {}
+    for case in CASES:
+        try:
+            prob, lam = problem_of(case)
+            g = prob.to("cuda")
+            assert g.device == "cuda" and prob.device == "cpu"
+            for k, v in run_case(g, lam, case).items():
+                res[f"{case[0]}/{k}"] = v
+        except Exception:
+            errors[case[0]] = traceback.format_exc()
+    # the same case twice: bit-identical (fixed summation order)
+    prob, lam = problem_of(CASES[0])
+    again = run_case(prob.to("cuda"), lam, CASES[0])
+    for k, v in again.items():
+        res[f"again/{k}"] = v
+    for k, v in refusals().items():
+        res[f"refusal/{k}"] = np.array(v)
+    for k, v in errors.items():
+        res[f"error/{k}"] = np.array(v)
+    res["seconds"] = np.float64(time.perf_counter() - t0)
+    np.savez(path, **res)
+    print(f"{len(CASES)} cases, {len(errors)} errors, {time.perf_counter() - t0:.1f} s")
+    return fb
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    main(sys.argv[1])

@@ -1,0 +1,122 @@
+"""The CUDA backend, on machines without a GPU.
+
+* Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1, read at import, so in a
+  process of its own: ``tests/cuda_cases.py``) runs every case of
+  ``cuda_cases.CASES`` on ``problem.to("cuda")``; each case here runs the
+  same calls on the CPU backend and compares.
+* The simulator does not type-check (it runs the kernels as Python), so
+  ``tests/cuda_ptx.py`` compiles every kernel to PTX for compute
+  capabilities 8.0 and 9.0 in another process; it skips, printing why,
+  where no NVVM library is found.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbilevel as fb
+from conftest import tol
+from cuda_cases import CASES, problem_of, run_case
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# one xdist worker runs this module, so the simulator runs once (pyproject
+# sets --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("cuda")
+
+
+def _run(script, *args, sim):
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    if sim:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    return subprocess.run([sys.executable, os.path.join(HERE, script), *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def gpu(tmp_path_factory):
+    """The simulator's results for every case (name/key → array)."""
+    out = tmp_path_factory.mktemp("cuda") / "gpu.npz"
+    p = _run("cuda_cases.py", str(out), sim=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    z = np.load(out)
+    return {k: z[k] for k in z.files}
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-300)
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_gpu_equals_cpu(gpu, case):
+    name = case[0]
+    assert f"error/{name}" not in gpu, str(gpu[f"error/{name}"])
+    prob, lam = problem_of(case)
+    cpu = run_case(prob, lam, case)
+    eps = tol(prob, 1e-10)
+    for key, want in cpu.items():
+        got = gpu[f"{name}/{key}"]
+        assert got.shape == np.shape(want), (key, got.shape, np.shape(want))
+        if key == "passes":
+            assert np.array_equal(got, want), key
+        else:
+            assert _rel(got, want) <= eps, (key, _rel(got, want))
+    if "grad" in cpu:                      # the comparison can fail: a nonzero answer
+        assert np.max(np.abs(cpu["grad"])) > 1e-8
+
+
+def test_gpu_repeats_bit_for_bit(gpu):
+    keys = [k for k in gpu if k.startswith("again/")]
+    assert keys
+    for k in keys:
+        assert np.array_equal(gpu[k], gpu[f"{CASES[0][0]}/{k[len('again/'):]}"]), k
+
+
+@pytest.mark.parametrize("what", ["stocbio", "fsla", "sweep", "soba", "minibatch"])
+def test_gpu_refuses_what_it_does_not_run(gpu, what):
+    msg = str(gpu[f"refusal/{what}"])
+    assert msg.startswith("DeviceError: ") and "device='cuda'" in msg, msg
+    assert "problem.to('cpu')" in msg, msg
+
+
+def test_simulator_run_is_small(gpu):
+    # its time is printed for the record; the suite's budget is kept by the case sizes
+    print(f"simulator: {len(CASES)} cases in {float(gpu['seconds']):.1f} s")
+    assert len(CASES) >= 100
+
+
+def test_every_kernel_compiles_to_ptx():
+    p = _run("cuda_ptx.py", sim=False)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    if p.stdout.startswith("NO_NVVM"):
+        pytest.skip(p.stdout.strip())
+    from fastbilevel.kernels import gpu as G
+    n_c = len(G.py_kernels(1, 128)) - len(G.VECTOR_KERNELS)
+    want = 2 * (2 * n_c + len(G.VECTOR_KERNELS))   # 2 cc × (C ∈ {1, 3}, and the vector kernels)
+    assert f"COMPILED {want} kernels" in p.stdout, p.stdout[-2000:]
+    for cc in ("sm_80", "sm_90"):
+        assert p.stdout.count(f"ok {cc} ") == want // 2
+
+
+def test_device_cuda_without_a_gpu_says_so():
+    from numba import cuda
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") or cuda.is_available():
+        pytest.skip("a GPU (or the simulator) is present here")
+    X = np.ones((4, 2))
+    with pytest.raises(fb.DeviceError, match="NUMBA_ENABLE_CUDASIM=1"):
+        fb.BilevelProblem("linear", "l2", X, np.ones(4), X, np.ones(4), device="cuda")
+    prob = fb.BilevelProblem("linear", "l2", X, np.ones(4), X, np.ones(4))
+    with pytest.raises(fb.DeviceError, match="no|GPU"):
+        prob.to("cuda")
+    assert prob.device == "cpu" and prob.to("cpu").device == "cpu"
+
+
+def test_device_argument_is_checked():
+    X = np.ones((4, 2))
+    with pytest.raises(ValueError, match="device='tpu' is not one of"):
+        fb.BilevelProblem("linear", "l2", X, np.ones(4), X, np.ones(4), device="tpu")
