@@ -321,6 +321,58 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec
     return rows
 
 
+# the methods ``bench --device cuda`` also times on the GPU backend
+GPU_METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
+               "implicit_neumann", "implicit_hb", "solve")
+
+
+def gpu_bandwidth(backend):
+    """Peak memory bandwidth of the backend's GPU in GB/s, from its
+    attributes (2 × memory clock × bus width), or None (the simulator)."""
+    try:
+        dev = backend.cuda.get_current_device()
+        return 2.0 * dev.MEMORY_CLOCK_RATE * 1e3 * dev.GLOBAL_MEMORY_BUS_WIDTH / 8 / 1e9
+    except Exception:
+        return None
+
+
+def run_gpu_bench(problem, lam, methods, steps, repeats, cpu_rows, step_size=None, **opts):
+    """Time ``methods`` (those of ``GPU_METHODS``) on ``problem.to("cuda")``
+    with the CPU rows' step size: one row per method, ``<method>@cuda``, with
+    the fraction of the GPU's memory bandwidth the bytes the method must
+    move take (``roofline_frac``; None where the bandwidth is unknown) and
+    the speed-up over the same method on the CPU (``speedup_vs_cpu``).
+    Returns (rows, the GPU's name, its bandwidth in GB/s or None)."""
+    g = problem.to("cuda")
+    bw = gpu_bandwidth(g.backend)
+    gamma = resolve_step_size(problem, lam, step_size)
+    base = {r["method"]: r["median_s"] for r in cpu_rows if r["dtype"] == str(problem.dtype)}
+    numpy_s = min((t for m, t in base.items() if m.startswith("numpy") and "_" not in
+                   m.removesuffix("_free")), default=None)
+    rows = []
+    for m in methods:
+        if m not in GPU_METHODS:
+            continue
+        fun = method_call(g, lam, m, steps, gamma, **opts)
+        t0 = time.perf_counter()
+        st = fun()
+        first = time.perf_counter() - t0
+        med, ts = median_time(fun, repeats)
+        nbytes, flops = method_cost(problem, st)
+        bound = nbytes / (bw * 1e9) if bw else None
+        rows.append({
+            "method": m + "@cuda", "device": g.backend.device_name, "dtype": str(problem.dtype),
+            "steps": steps, "first_call_s": first, "median_s": med, "times_s": ts,
+            "passes": st["passes"], "bytes": nbytes, "flops": flops,
+            "GBps": nbytes / med / 1e9, "GFLOPs": flops / med / 1e9,
+            "roofline_s": bound, "roofline_frac": bound / med if bound else None,
+            "trajectory_bytes": int(st["trajectory_bytes"]),
+            "speedup_vs_numpy": numpy_s / med if numpy_s else None,
+            "speedup_vs_cpu": base[m] / med if m in base else None,
+        })
+    return rows, g.backend.device_name, bw
+
+
 # the BLAS override of some environments (OpenBLAS pinned to an older core
 # type): the NumPy baseline of a sweep is also timed in a child process
 # without it, so that no baseline is slowed by the environment
@@ -410,9 +462,11 @@ def format_table(rows):
     out = [head, "-" * len(head)]
     for r in rows:
         sp = f"{r['speedup_vs_numpy']:.2f}x" if r["speedup_vs_numpy"] else "-"
+        rf = f"{100 * r['roofline_frac']:>9.1f}%" if r["roofline_frac"] is not None \
+            else f"{'-':>10}"
         out.append(f"{r['method']:<17}{r['dtype']:<9}{r['steps']:>5}{r['first_call_s']:>9.3f}"
                    f"{r['median_s']:>10.4f}{r['passes']:>8}{r['GBps']:>8.1f}{r['GFLOPs']:>9.1f}"
-                   f"{100 * r['roofline_frac']:>9.1f}%{sp:>10}{r['trajectory_bytes'] / 1e6:>9.2f}"
+                   f"{rf}{sp:>10}{r['trajectory_bytes'] / 1e6:>9.2f}"
                    + (f"{r['rss_MB']:>8.0f}{r['rss_MB'] - r['rss_before_MB']:>9.1f}"
                       if "rss_MB" in r else ""))
     return "\n".join(out)

@@ -66,6 +66,11 @@ def _cuda():
     return cuda
 
 
+def check_available():
+    """Raise DeviceError (saying why) unless the CUDA backend can run here."""
+    _cuda()
+
+
 def simulated():
     """Whether Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)."""
     from numba import config as nconfig

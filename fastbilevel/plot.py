@@ -127,7 +127,8 @@ def plot_bench(rows, path=None, title=None):
     names = [f"{r['method']} ({r['dtype']})" for r in rows]
     y = np.arange(len(rows))
     med = np.array([r["median_s"] for r in rows])
-    bound = np.array([r.get("roofline_s", np.nan) for r in rows])
+    bound = np.array([np.nan if r.get("roofline_s") is None else r["roofline_s"]
+                      for r in rows])
     a.barh(y, med, color="tab:blue", label="median time")
     a.scatter(bound, y, marker="|", s=250, color="tab:red", zorder=3,
               label="roofline bound")

@@ -9,6 +9,16 @@ import scipy.sparse as sp
 import fastbilevel as fb
 from naive import Spec
 
+def pytest_configure(config):
+    # with -n, tests marked xdist_group (test_cuda.py: its simulator run is
+    # shared by its tests) run on one worker, the rest balanced as usual: the
+    # controller schedules by group, the workers tag the marked tests' ids
+    if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
+        config.option.dist = "loadgroup"
+    if hasattr(config, "workerinput"):
+        config.option.loadgroup = True
+
+
 MODELS = ["linear", "logistic", "multinomial"]
 HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
 FORMATS = ["dense64", "dense32", "csr64", "csr32"]

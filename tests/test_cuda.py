@@ -22,8 +22,8 @@ from cuda_cases import CASES, problem_of, run_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# one xdist worker runs this module, so the simulator runs once (pyproject
-# sets --dist loadgroup)
+# one xdist worker runs this module, so the simulator runs once (conftest
+# turns -n's load balancing into loadgroup)
 pytestmark = pytest.mark.xdist_group("cuda")
 
 
@@ -120,3 +120,35 @@ def test_device_argument_is_checked():
     X = np.ones((4, 2))
     with pytest.raises(ValueError, match="device='tpu' is not one of"):
         fb.BilevelProblem("linear", "l2", X, np.ones(4), X, np.ones(4), device="tpu")
+
+
+def test_bench_device_cuda_rows(tmp_path):
+    # last in the module: the CPU rows' kernels are in the disk cache by now
+    out = tmp_path / "b.json"
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    p = subprocess.run([sys.executable, "-m", "fastbilevel.cli.main", "bench", "--problem",
+                        "toy", "--device", "cuda", "--methods", "reverse,implicit_cg,numpy",
+                        "-T", "3", "--repeats", "1", "--quick", "--json", str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "GPU: simulator, memory bandwidth unknown" in p.stdout
+    import json
+    rows = {r["method"]: r for r in json.load(open(out))["results"]}
+    assert set(rows) == {"reverse", "implicit_cg", "numpy", "reverse@cuda", "implicit_cg@cuda"}
+    for m in ("reverse", "implicit_cg"):
+        g, c = rows[m + "@cuda"], rows[m]
+        assert g["device"] == "simulator" and g["roofline_frac"] is None
+        assert g["passes"] == c["passes"] and g["bytes"] == c["bytes"] > 0
+        assert g["speedup_vs_cpu"] == pytest.approx(c["median_s"] / g["median_s"])
+        assert "@cuda" in p.stdout
+
+
+def test_bench_device_cuda_without_a_gpu_is_a_usage_error():
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU is present here")
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    p = subprocess.run([sys.executable, "-m", "fastbilevel.cli.main", "bench", "--device",
+                        "cuda"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "NUMBA_ENABLE_CUDASIM=1" in p.stderr, p.stderr[-2000:]

@@ -13,7 +13,9 @@ from .. import datasets
 from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_dirs
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
-                     float32_error, machine_peaks, peak_rss_mb, run_bench, run_sweep_bench)
+                     float32_error, machine_peaks, peak_rss_mb, run_bench, run_gpu_bench,
+                     run_sweep_bench)
+from ..cuda import DeviceError, check_available
 
 
 def _data_options(f):
@@ -90,12 +92,17 @@ def cli():
               help="Also time a reverse sweep of B settings: batched kernels, B single calls, "
                    "and the NumPy batched reference (also without this environment's "
                    "OpenBLAS override, in a child process).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: also time the methods that run on the GPU backend (rows "
+                   "<method>@cuda, with the fraction of the GPU's memory bandwidth and the "
+                   "speed-up over the CPU row).")
 @_data_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also draw the time per method with its roofline bound, and memory "
                    "against time (needs matplotlib: fastbilevel[plot]).")
 def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss, steps, dtype,
-          repeats, quick, seed, json_path, sweep_B, data_path, model, val_fraction, plot_path):
+          repeats, quick, seed, json_path, sweep_B, device, data_path, model, val_fraction,
+          plot_path):
     """Time hypergradient methods on a built-in problem, with the roofline
     fraction (peak bandwidth and GEMM rate measured in the same run)."""
     meths = [m.strip() for m in methods.split(",") if m.strip()]
@@ -105,6 +112,11 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                                  param_hint="--methods")
     T = steps or (20 if quick else (100 if data_path else SIZES[problem][2]))
     reps = repeats or (3 if quick else 5)
+    if device == "cuda":
+        try:
+            check_available()
+        except DeviceError as e:
+            raise click.UsageError(str(e)) from None
     t0 = time.perf_counter()
     peaks = machine_peaks(quick=quick)
     click.echo(f"machine: read {peaks['read_GBps']:.1f} GB/s, GEMM {peaks['gemm_GFLOPs']:.1f} GFLOP/s "
@@ -142,8 +154,21 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                        f"settings·steps/s, {one['median_s'] / s['median_s']:.2f}x the "
                        f"throughput of {sweep_B} single calls, "
                        f"{np_best / s['median_s']:.2f}x the best NumPy batched reference")
+        if device == "cuda":
+            try:
+                grows, gname, gbw = run_gpu_bench(prob, default_lam(prob), meths, T, reps, new,
+                                                  **opts)
+            except DeviceError as e:
+                raise click.UsageError(str(e)) from None
+            click.echo(f"GPU: {gname}, memory bandwidth "
+                       + (f"{gbw:.0f} GB/s (from the device's attributes)" if gbw else
+                          "unknown (no roofline fraction)"))
+            for r in grows:
+                if r["speedup_vs_cpu"]:
+                    click.echo(f"  {r['method']}: {r['speedup_vs_cpu']:.2f}x the CPU")
+            new += grows
         if rss:
-            for r in new:
+            for r in [r for r in new if "@" not in r["method"]]:
                 r["rss_before_MB"], r["rss_MB"] = peak_rss_mb(
                     {"problem": problem, "hyper": hyper, "quick": quick, "seed": seed,
                      "dtype": dt, "method": r["method"], "steps": T, "opts": opts,
