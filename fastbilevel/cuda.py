@@ -7,7 +7,8 @@ problem whose backend is a :class:`CUDABackend`. It implements the backend
 methods of :class:`~fastbilevel.backend.CPUBackend` with the same argument
 lists (host arrays in, host arrays out), so ``hypergradient`` (every exact
 method: reverse, checkpointed, recompute, truncated, forward, implicit),
-``solve``, ``minimize`` with those methods, and the oracles run unchanged.
+``solve``, ``minimize`` with those methods, ``sweep`` (setting by setting)
+and the oracles run unchanged.
 Inside a run everything stays in device memory: the solver state, the
 stored points and snapshots of a schedule, the adjoints, forward tangents,
 the implicit solver's vectors and the hypergradient; the host reads one
@@ -16,7 +17,8 @@ back at the end.
 
 Not yet on the GPU (each refuses with an error naming ``problem.to("cpu")``):
 minibatch SGD inner loops (``batch_size``), stocBiO, FSLA, the stochastic
-solver family, ``sweep`` and the multi-task problems.
+solver family, the batched sweep kernels (``sweep(strategy="rows")``, and
+``client=``) and the multi-task problems.
 
 Summation order is fixed (see :mod:`fastbilevel.kernels.gpu`), so a result
 is the same on every run; it differs from the CPU backend's only by

@@ -254,6 +254,10 @@ def _choose_strategy(problem, method, solver, strategy, B):
     there are fewer than ``CSR_ROWS_MIN_SETTINGS`` settings: then
     "settings"."""
     _checks.check_choice("strategy", strategy, STRATEGIES)
+    if problem.device != "cpu":     # no batched GPU kernels yet
+        if strategy == "rows":
+            _checks.require_cpu(problem, "sweep(strategy='rows') (the batched kernels)")
+        return "settings"
     can = _batchable(method, solver)
     if strategy == "rows":
         if not can:
@@ -320,7 +324,9 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
         problem has fewer than 64 rows per thread, or is CSR with fewer
         than ``CSR_ROWS_MIN_SETTINGS`` (8) settings (the batched CSR pass
         has a cost per pass that B does not divide: below 8 settings the
-        single-setting runs were faster in our measurements).
+        single-setting runs were faster in our measurements). A GPU problem
+        (``device="cuda"``) runs setting by setting, one at a time: there
+        are no batched GPU kernels yet.
     chunk_size : int, optional
         Settings per batched kernel call (default all B, or B split evenly
         over the Dask workers): bounds the memory held at once, and a
@@ -346,8 +352,9 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
     """
     t0 = time.perf_counter()
     _checks.check_problem(problem, (BilevelProblem,))
-    _checks.require_cpu(problem, "sweep")
     _checks.check_choice("method", method, METHODS)
+    if problem.device != "cpu" and client is not None:
+        _checks.require_cpu(problem, "sweep(client=...)")
     given = given_keywords(dict(step_size=step_size, w0=w0, K=K, snapshots=snapshots,
                                 schedule=schedule, momentum=momentum,
                                 linear_solver=linear_solver, tol=tol, v0=v0, eta=eta,
@@ -609,6 +616,8 @@ def _run_settings(problem, lams, opts):
             raise type(e)(f"setting {b} (lams[{b}]): {e}") from None
 
     workers = min(B, numba.get_num_threads()) if _threadsafe() else 1
+    if problem.device != "cpu":
+        workers = 1             # the GPU runs one setting at a time
     if workers <= 1:
         for b in range(B):
             guarded(b)

@@ -48,6 +48,9 @@ def _cases():
     for m in MODELS:    # forward mode's per-map tangent terms, every map
         for h in ("sample_weights", "l2", "init"):
             out.append((f"forward-{m}-{h}-dense64", m, h, "dense64", "forward", {}))
+    # sweep: setting by setting on the GPU (the CPU runs its batched kernels)
+    for m, h, f in (("logistic", "l2", "dense64"), ("multinomial", "feature_l2", "csr64")):
+        out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
     # the default step size (power iteration on the GPU, c = 1 for multinomial too)
     out.append(("default-step-multinomial-l2-dense64", "multinomial", "l2", "dense64",
                 "reverse", {"step_size": None}))
@@ -80,6 +83,10 @@ def run_case(prob, lam, case):
         return out
     kw = dict(kw)
     kw.setdefault("step_size", STEP)
+    if what == "sweep":
+        lams = np.stack([lam + 0.3 * k for k in range(3)])
+        r = fb.sweep(prob, lams, method="reverse", steps=4, **kw)
+        return {"grad": np.asarray(r.grad, dtype=float), "value": r.value, "w": r.w}
     if what == "solve":
         r = fb.solve(prob, lam, steps=4, **kw)
         return {"value": np.float64(r.value), "w": r.w,
@@ -100,7 +107,7 @@ def refusals():
     calls = {
         "stocbio": lambda: fb.stocbio(g, lam, steps=2, batch_size=4),
         "fsla": lambda: fb.fsla(g, np.zeros(()), iters=2),
-        "sweep": lambda: fb.sweep(g, np.zeros((2,)), steps=2),
+        "sweep_rows": lambda: fb.sweep(g, np.zeros((2,)), steps=2, strategy="rows"),
         "soba": lambda: fb.minimize(g, np.zeros(()), method="soba", iters=2),
         "minibatch": lambda: fb.hypergradient(g, lam, steps=2, batch_size=4, solver="sgd"),
     }

@@ -77,7 +77,7 @@ def test_gpu_repeats_bit_for_bit(gpu):
         assert np.array_equal(gpu[k], gpu[f"{CASES[0][0]}/{k[len('again/'):]}"]), k
 
 
-@pytest.mark.parametrize("what", ["stocbio", "fsla", "sweep", "soba", "minibatch"])
+@pytest.mark.parametrize("what", ["stocbio", "fsla", "sweep_rows", "soba", "minibatch"])
 def test_gpu_refuses_what_it_does_not_run(gpu, what):
     msg = str(gpu[f"refusal/{what}"])
     assert msg.startswith("DeviceError: ") and "device='cuda'" in msg, msg
