@@ -273,6 +273,15 @@ def float32_error(p64, p32, steps):
     return float(np.linalg.norm(h32 - h64) / np.linalg.norm(h64))
 
 
+def _timed(fun, repeats):
+    """(stats of the first call, its time, median of ``repeats`` more, their times)."""
+    t0 = time.perf_counter()
+    st = fun()
+    first = time.perf_counter() - t0
+    med, ts = median_time(fun, repeats)
+    return st, first, med, ts
+
+
 def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec=None,
               **opts):
     """Time each method on (problem, lam) in this process; one dict per method.
@@ -284,11 +293,8 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec
     gamma = resolve_step_size(problem, lam, step_size)
     rows = []
     for m in methods:
-        fun = method_call(problem, lam, m, steps, gamma, **opts)
-        t0 = time.perf_counter()
-        st = fun()
-        first = time.perf_counter() - t0
-        med, ts = median_time(fun, repeats)
+        st, first, med, ts = _timed(method_call(problem, lam, m, steps, gamma, **opts),
+                                    repeats)
         nbytes, flops = method_cost(problem, st)
         bound = max(nbytes / (peaks["read_GBps"] * 1e9),
                     flops / (compute_peak(peaks, problem.dtype) * 1e9))
@@ -353,11 +359,7 @@ def run_gpu_bench(problem, lam, methods, steps, repeats, cpu_rows, step_size=Non
     for m in methods:
         if m not in GPU_METHODS:
             continue
-        fun = method_call(g, lam, m, steps, gamma, **opts)
-        t0 = time.perf_counter()
-        st = fun()
-        first = time.perf_counter() - t0
-        med, ts = median_time(fun, repeats)
+        st, first, med, ts = _timed(method_call(g, lam, m, steps, gamma, **opts), repeats)
         nbytes, flops = method_cost(problem, st)
         bound = nbytes / (bw * 1e9) if bw else None
         rows.append({

@@ -36,6 +36,7 @@ from ._codes import (ADV_STORE, AGD, BIASED_L2, CG, CONVERGED, DIVERGED, FEATURE
 from ._interrupt import _PROGRESS
 from ._parallel import fixed_nchunks, nchunks
 from .kernels import oracles as _oracles
+from .kernels.unroll import value_stride
 
 _SIM_HINT = ("set NUMBA_ENABLE_CUDASIM=1 before Python starts to run the CUDA kernels in "
              "Numba's simulator (slow: for tests), or use device='cpu'")
@@ -103,11 +104,9 @@ class _DevData:
         if self.dense:
             self.X = cuda.to_device(X)
             self.d = X.shape[1]
-            self.nbytes = X.nbytes
         else:
             self.d = None          # set by the caller (a CSR triple has no width)
             self._host = (indptr, indices, data)
-            self.nbytes = data.nbytes + indices.nbytes + indptr.nbytes
 
     def finish_csr(self, cuda, d):
         import scipy.sparse as sp
@@ -121,7 +120,6 @@ class _DevData:
         self.cptr = cuda.to_device(T.indptr.astype(np.int64))
         self.crow = cuda.to_device(T.indices.astype(np.int64))
         self.cval = cuda.to_device(T.data)
-        self.nbytes *= 2
         del self._host
 
 
@@ -384,7 +382,7 @@ class CUDABackend:
         used = np.zeros(max(nslots, 1), dtype=np.bool_)
         g0 = 0.0
         tlast = -1
-        stride = _value_stride(T, gvals.shape[0])
+        stride = value_stride(T, gvals.shape[0])
         base = t = 0
         tr = T - 1
 
@@ -493,7 +491,7 @@ class CUDABackend:
         counts = np.zeros(4, dtype=np.int64)
         inv_n = 1.0 / y_len(train)
         g0 = 0.0
-        stride = _value_stride(T, gvals.shape[0])
+        stride = value_stride(T, gvals.shape[0])
 
         def point(St):
             return St[1] if solver == AGD else St[0]
@@ -636,10 +634,6 @@ def _size(A):
 
 def y_len(D):
     return D.y.shape[0]
-
-
-def _value_stride(T, nvals):
-    return max(1, (T + nvals - 1) // max(nvals, 1))
 
 
 def _diverged(solver, v, g0):
