@@ -107,10 +107,10 @@ class BilevelProblem:
 
         On the GPU today: the oracles, ``hypergradient`` with every exact
         method (reverse, checkpointed, recompute, truncated, forward,
-        implicit) and full-batch solvers, ``solve`` and ``minimize`` with those
-        methods, ``sweep`` setting by setting. Minibatch inner loops, stocBiO,
-        FSLA, the solver family and the batched sweep kernels refuse a GPU
-        problem (use ``.to("cpu")``)."""
+        implicit) and every inner solver (minibatch ``sgd`` too), stocBiO,
+        FSLA, ``solve`` and ``minimize`` with those methods, ``sweep`` setting
+        by setting. The stochastic solver family and the batched sweep
+        kernels refuse a GPU problem (use ``.to("cpu")``)."""
         import copy
         other = copy.copy(self)
         other._set_device(device)

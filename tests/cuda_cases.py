@@ -51,6 +51,33 @@ def _cases():
     # sweep: setting by setting on the GPU (the CPU runs its batched kernels)
     for m, h, f in (("logistic", "l2", "dense64"), ("multinomial", "feature_l2", "csr64")):
         out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
+    # stochastic estimators, on the same batches as the CPU (the sampler's
+    # hash compiled for the device): stocBiO on every model × map × format
+    # but init (it does not apply), with and without replacement
+    k = 0
+    for m in MODELS:
+        for h in HYPERS[:-1]:
+            for f in ("dense64", "csr64"):
+                out.append((f"stocbio-{m}-{h}-{f}", m, h, f, "stocbio",
+                            {"replace": k % 2 == 1}))
+                k += 1
+    for m, h, f in (("logistic", "sample_weights", "dense64"),
+                    ("multinomial", "feature_l2", "csr64"),
+                    ("linear", "l2", "csr64"), ("logistic", "biased_l2", "dense64")):
+        out.append((f"fsla-{m}-{h}-{f}", m, h, f, "fsla", {"replace": f == "csr64"}))
+    # minibatch SGD inner loops, through the schedules and forward mode
+    for m, h, f in (("logistic", "sample_weights", "dense64"),
+                    ("multinomial", "feature_l2", "csr64"),
+                    ("linear", "sample_weights", "csr64")):
+        for meth, kw in (("reverse", {"replace": True}), ("checkpointed", {"snapshots": 2}),
+                         ("forward", {})):
+            out.append((f"sgd-{meth}-{m}-{h}-{f}", m, h, f, meth,
+                        dict(kw, solver="sgd", batch_size=5, seed=9)))
+    # the backend's minibatch pass (sorted rows with repeats) and the draws
+    for f in ("dense64", "csr64"):
+        out.append((f"pass_rows-multinomial-sample_weights-{f}", "multinomial",
+                    "sample_weights", f, "pass_rows", {}))
+    out.append(("draws", "logistic", "l2", "dense64", "draws", {}))
     # the default step size (power iteration on the GPU, c = 1 for multinomial too)
     out.append(("default-step-multinomial-l2-dense64", "multinomial", "l2", "dense64",
                 "reverse", {"step_size": None}))
@@ -81,8 +108,39 @@ def run_case(prob, lam, case):
                     "cross": (w, lam, v), "outer_value": (w,), "outer_grad": (w,)}[o]
             out[o] = np.asarray(getattr(prob, o)(*args), dtype=float)
         return out
+    if what == "pass_rows":
+        hp = prob._lam_in(lam)
+        rows = np.sort(rng.integers(0, prob.n, 9)).astype(np.int64)
+        W, V = rng.standard_normal((2, prob.c, prob.d))
+        G, HV, cr = np.empty_like(W), np.empty_like(W), np.zeros(len(rows))
+        val = prob.backend.oracle_pass_rows(rows, prob.train, hp.a, prob._model, W, V, True,
+                                            True, G, HV, cr, 2)
+        return {"value": np.float64(val), "G": G, "HV": HV, "cross": cr}
+    if what == "draws":
+        from fastbilevel.kernels import sampling
+        out = {}
+        for seed, stream, step, n, b, rep in ((0, 1, 0, 12, 5, False), (7, 2, 3, 12, 12, False),
+                                              (123, 3, 9, 40, 17, True),
+                                              (2 ** 40, 4, 1, 7, 30, True)):
+            key = f"{seed}-{stream}-{step}-{n}-{b}-{rep}"
+            if prob.device == "cuda":
+                out[key] = prob.backend._draw(seed, stream, step, n, b, rep).copy_to_host()
+            else:
+                out[key] = sampling.batch(seed, stream, step, n, b, rep)
+        return out
     kw = dict(kw)
     kw.setdefault("step_size", STEP)
+    if what == "stocbio":
+        r = fb.stocbio(prob, lam, steps=3, batch_size=5, Q=2, outer_batch=4, seed=11, **kw)
+        return {"grad": np.asarray(r.grad, dtype=float), "value": np.float64(r.value),
+                "w": r.w, "rows": np.array([r.stats["rows_sampled"], r.stats["val_rows"]])}
+    if what == "fsla":
+        kw.pop("step_size")
+        r = fb.fsla(prob, lam, iters=4, batch_size=5, seed=3, eval_every=2, **kw)
+        return {"lam": np.asarray(r.lam, dtype=float), "w": r.w,
+                "outer_value": np.asarray(r.history.outer_value),
+                "grad_norm": np.asarray(r.history.grad_norm),
+                "moved": np.float64(np.max(np.abs(np.asarray(r.lam) - lam)))}
     if what == "sweep":
         lams = np.stack([lam + 0.3 * k for k in range(3)])
         r = fb.sweep(prob, lams, method="reverse", steps=4, **kw)
@@ -105,11 +163,9 @@ def refusals():
     g = prob.to("cuda")
     lam = random_lam(prob)
     calls = {
-        "stocbio": lambda: fb.stocbio(g, lam, steps=2, batch_size=4),
-        "fsla": lambda: fb.fsla(g, np.zeros(()), iters=2),
         "sweep_rows": lambda: fb.sweep(g, np.zeros((2,)), steps=2, strategy="rows"),
+        "sweep_client": lambda: fb.sweep(g, np.zeros((2,)), steps=2, client=object()),
         "soba": lambda: fb.minimize(g, np.zeros(()), method="soba", iters=2),
-        "minibatch": lambda: fb.hypergradient(g, lam, steps=2, batch_size=4, solver="sgd"),
     }
     out = {}
     for name, call in calls.items():

@@ -46,7 +46,7 @@ def main():
             sigs = gpu.ptx_signatures(C, xdt)
             assert set(fns) == set(sigs), set(fns) ^ set(sigs)
             for name, fn in sorted(fns.items()):
-                if C == 3 and name in gpu.VECTOR_KERNELS:
+                if C == 3 and name in gpu.C_INDEPENDENT:
                     continue        # C-independent: compiled once per cc
                 ptx, _ = cuda.compile_ptx(fn, sigs[name], cc=cc)
                 assert ".entry" in ptx and f"sm_{cc[0]}{cc[1]}" in ptx, name

@@ -42,6 +42,7 @@ import numpy as np
 from numba import boolean, cuda, float32, float64, int32, int64
 
 from . import _rowmath
+from . import sampling as _sampling
 from .._codes import BIASED_L2, FEATURE_L2, GD, HEAVY_BALL, L2
 
 # rows per tile of the dense column kernel: partial sums per tile, added in order
@@ -83,20 +84,68 @@ def row_math():
     return rc, device_twin(_rowmath.weight_of)
 
 
+@functools.lru_cache(maxsize=None)
+def sampler_math():
+    """The device twins of the counter-based sampler: (key, randint, fill_rows)."""
+    mix = device_twin(_sampling.mix64)
+    key = device_twin(_sampling.key, mix64=mix)
+    u01 = device_twin(_sampling.uniform01, mix64=mix)
+    rint = device_twin(_sampling.randint, uniform01=u01)
+    return key, rint, device_twin(_sampling.fill_rows, randint=rint)
+
+
+def _py_sampler_kernels():
+    """Minibatch draws on the device, the same rows as the CPU's
+    ``sampling.draw_rows`` for the same (seed, stream, step)."""
+    key, randint, fill_rows = sampler_math()
+
+    def draw_replace(seed, stream, step, n, out):
+        """out[i] = the i-th of b independent uniform rows: a thread per draw."""
+        i = cuda.grid(1)
+        if i < out.shape[0]:
+            out[i] = randint(key(seed, stream, step), i, n)
+
+    def draw_shuffle(seed, stream, step, n, perm, out):
+        """out = the first b rows of the partial Fisher–Yates shuffle (one
+        thread: each swap depends on the last); ``perm`` (0..n−1) is restored."""
+        if cuda.grid(1) == 0:
+            fill_rows(key(seed, stream, step), n, out.shape[0], False, perm, out)
+
+    def rank_sort(src, dst):
+        """dst = src sorted (stable rank sort: a thread per entry counts the
+        entries before it; O(b²) work, b = a minibatch)."""
+        i = cuda.grid(1)
+        b = src.shape[0]
+        if i < b:
+            v = src[i]
+            r = 0
+            for j in range(b):
+                w = src[j]
+                if w < v or (w == v and j < i):
+                    r += 1
+            dst[r] = v
+
+    return {"draw_replace": draw_replace, "draw_shuffle": draw_shuffle,
+            "rank_sort": rank_sort}
+
+
 def _py_kernels(C, TPB):
     """The kernels for C classes and TPB threads per block, as Python functions."""
     row_coefs, weight_of = row_math()
 
-    def rows_dense(X, r0, r1, y, a, model, W, V, want_grad, want_hvp, inv_n, CG, CH, LV,
-                   CR):
-        """Row coefficients of the dense rows r0..r1−1 (see the module docstring)."""
+    def rows_dense(X, rows, r0, r1, y, a, model, W, V, want_grad, want_hvp, inv_n, CG, CH,
+                   LV, CR):
+        """Row coefficients of positions r0..r1−1: row p, or row rows[p] of a
+        minibatch (``rows`` not empty); outputs by position (see the module
+        docstring)."""
         z = cuda.local.array(C, float64)
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
         d = X.shape[1]
         want_u = want_hvp or CR.shape[0] > 0
-        for i in range(r0 + cuda.grid(1), r1, cuda.gridsize(1)):
+        for p in range(r0 + cuda.grid(1), r1, cuda.gridsize(1)):
+            i = rows[p] if rows.shape[0] > 0 else p
             for k in range(C):
                 z[k] = 0.0
                 u[k] = 0.0
@@ -107,38 +156,41 @@ def _py_kernels(C, TPB):
                 if want_u:
                     for k in range(C):
                         u[k] += V[k, j] * x
-            LV[i] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
-                              want_hvp, CG[i], CH[i], CR, i, dl, hu)
+            LV[p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
+                              want_hvp, CG[p], CH[p], CR, p, dl, hu)
 
-    def rows_csr(indptr, indices, data, r0, r1, y, a, model, W, V, want_grad, want_hvp,
-                 inv_n, CG, CH, LV, CR):
-        """Row coefficients of the CSR rows r0..r1−1."""
+    def rows_csr(indptr, indices, data, rows, r0, r1, y, a, model, W, V, want_grad,
+                 want_hvp, inv_n, CG, CH, LV, CR):
+        """Row coefficients of positions r0..r1−1 of a CSR design (as
+        ``rows_dense``)."""
         z = cuda.local.array(C, float64)
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
         want_u = want_hvp or CR.shape[0] > 0
-        for i in range(r0 + cuda.grid(1), r1, cuda.gridsize(1)):
+        for p in range(r0 + cuda.grid(1), r1, cuda.gridsize(1)):
+            i = rows[p] if rows.shape[0] > 0 else p
             for k in range(C):
                 z[k] = 0.0
                 u[k] = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                x = data[p]
+            for q in range(indptr[i], indptr[i + 1]):
+                j = indices[q]
+                x = data[q]
                 for k in range(C):
                     z[k] += W[k, j] * x
                 if want_u:
                     for k in range(C):
                         u[k] += V[k, j] * x
-            LV[i] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
-                              want_hvp, CG[i], CH[i], CR, i, dl, hu)
+            LV[p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
+                              want_hvp, CG[p], CH[p], CR, p, dl, hu)
 
-    def cols_dense(X, CG, CH, want_grad, want_hvp, PG, PH):
-        """PG[t, k, j] = Σ_{i in tile t} CG[i, k] X[i, j] (PH likewise from CH):
-        grid (feature blocks, row tiles)."""
+    def cols_dense(X, rows, CG, CH, want_grad, want_hvp, PG, PH):
+        """PG[t, k, j] = Σ_{p in tile t} CG[p, k] X[i_p, j] (PH likewise from
+        CH), i_p = p or rows[p]: grid (feature blocks, position tiles)."""
         j = cuda.blockIdx.x * TPB + cuda.threadIdx.x
         t = cuda.blockIdx.y
-        n, d = X.shape
+        d = X.shape[1]
+        n = rows.shape[0] if rows.shape[0] > 0 else X.shape[0]
         if j >= d:
             return
         ag = cuda.local.array(C, float64)
@@ -147,14 +199,14 @@ def _py_kernels(C, TPB):
             ag[k] = 0.0
             ah[k] = 0.0
         end = (t + 1) * ROW_TILE
-        for i in range(t * ROW_TILE, n if n < end else end):
-            x = X[i, j]
+        for p in range(t * ROW_TILE, n if n < end else end):
+            x = X[rows[p] if rows.shape[0] > 0 else p, j]
             if want_grad:
                 for k in range(C):
-                    ag[k] += CG[i, k] * x
+                    ag[k] += CG[p, k] * x
             if want_hvp:
                 for k in range(C):
-                    ah[k] += CH[i, k] * x
+                    ah[k] += CH[p, k] * x
         for k in range(C):
             if want_grad:
                 PG[t, k, j] = ag[k]
@@ -187,6 +239,27 @@ def _py_kernels(C, TPB):
             if want_hvp:
                 HV[k, j] = ah[k]
 
+    def scatter_runs(rows, CG, CH, want_grad, want_hvp, RG, RH):
+        """RG[i, k] = Σ_{p: rows[p] = i} CG[p, k] (RH likewise from CH) for a
+        sorted minibatch: the thread at the first position of each run of
+        equal rows adds the run in order (other rows of RG are left alone)."""
+        p = cuda.grid(1)
+        b = rows.shape[0]
+        if p < b and (p == 0 or rows[p - 1] != rows[p]):
+            i = rows[p]
+            for k in range(C):
+                sg = 0.0
+                sh = 0.0
+                q = p
+                while q < b and rows[q] == i:
+                    sg += CG[q, k]
+                    sh += CH[q, k]
+                    q += 1
+                if want_grad:
+                    RG[i, k] = sg
+                if want_hvp:
+                    RH[i, k] = sh
+
     def row_axpy_dense(X, i, coef, CG, out):
         """out[k, :] += coef · CG[i, k] · x_i (one dense row)."""
         j = cuda.grid(1)
@@ -214,7 +287,8 @@ def _py_kernels(C, TPB):
             h[j] += scale * rdiag[j] * s
 
     return {"rows_dense": rows_dense, "rows_csr": rows_csr, "cols_dense": cols_dense,
-            "cols_csc": cols_csc, "row_axpy_dense": row_axpy_dense,
+            "cols_csc": cols_csc, "scatter_runs": scatter_runs,
+            "row_axpy_dense": row_axpy_dense,
             "row_axpy_csr": row_axpy_csr, "cross_feature": cross_feature}
 
 
@@ -392,6 +466,29 @@ def _tangent_extra(hyper, j, d, rdiag, p, HV):
                 HV[e] -= rdiag[j % d]
 
 
+def _cross_sw_rows(h, scale, da, rows, cross):
+    """sample_weights on a sorted minibatch: h[i] += scale σ'(λ_i) Σ_{p:
+    rows[p] = i} cross[p] (a thread per run of equal rows)."""
+    p = cuda.grid(1)
+    b = rows.shape[0]
+    if p < b and (p == 0 or rows[p - 1] != rows[p]):
+        i = rows[p]
+        s = 0.0
+        q = p
+        while q < b and rows[q] == i:
+            s += cross[q]
+            q += 1
+        h[i] += scale * da[i] * s
+
+
+def _fsla_state(W, V, G, P, HV, tau, beta):
+    """FSLA's state step: W −= τG; V += β(P − HV)."""
+    e = cuda.grid(1)
+    if e < W.shape[0]:
+        W[e] -= tau * G[e]
+        V[e] += beta * (P[e] - HV[e])
+
+
 VECTOR_KERNELS = {
     "copy": _copy, "fill": _fill, "sum_tiles": _sum_tiles, "partial_sums": _partial_sums,
     "partial_dots": _partial_dots, "sum_parts": _sum_parts,
@@ -399,14 +496,20 @@ VECTOR_KERNELS = {
     "adjoint_post": _adjoint_post, "w0_adjoint": _w0_adjoint, "reg_terms": _reg_terms,
     "reg_grad_add": _reg_grad_add, "reg_hvp_add": _reg_hvp_add, "cross_sw": _cross_sw,
     "cross_biased": _cross_biased, "add_scalar": _add_scalar, "lincomb": _lincomb,
-    "tangent_extra": _tangent_extra,
+    "tangent_extra": _tangent_extra, "cross_sw_rows": _cross_sw_rows,
+    "fsla_state": _fsla_state,
 }
+
+# the kernels that do not depend on C (compiled once, whatever the class count)
+C_INDEPENDENT = frozenset(VECTOR_KERNELS) | {"draw_replace", "draw_shuffle", "rank_sort"}
+
 
 def py_kernels(C, TPB):
     """Every kernel for C classes and TPB threads per block, as Python
     functions (name → function), for ``numba.cuda.compile_ptx``."""
     out = dict(_py_kernels(C, TPB))
     out.update(VECTOR_KERNELS)
+    out.update(_py_sampler_kernels())
     return out
 
 
@@ -414,7 +517,9 @@ def py_kernels(C, TPB):
 def vector_kernels():
     """The C-independent kernels, as CUDA kernels (each compiled on its
     first launch)."""
-    return _pytypes.SimpleNamespace(**{k: cuda.jit(f) for k, f in VECTOR_KERNELS.items()})
+    ks = dict(VECTOR_KERNELS)
+    ks.update(_py_sampler_kernels())
+    return _pytypes.SimpleNamespace(**{k: cuda.jit(f) for k, f in ks.items()})
 
 
 @functools.lru_cache(maxsize=None)
@@ -432,12 +537,16 @@ def ptx_signatures(C, xdtype):
     x = {np.float32: float32, np.float64: float64}[np.dtype(xdtype).type]
     X, xv, i1 = x[:, ::1], x[::1], int64[::1]
     B, I, F = boolean, int64, float64
-    rows = (int64, int64, f1, f1, I, f2, f2, B, B, F, f2, f2, f1, f1)
+    rows = (i1, int64, int64, f1, f1, I, f2, f2, B, B, F, f2, f2, f1, f1)
     return {
         "rows_dense": (X,) + rows,
         "rows_csr": (i1, int32[::1], xv) + rows,
-        "cols_dense": (X, f2, f2, B, B, f3, f3),
+        "cols_dense": (X, i1, f2, f2, B, B, f3, f3),
         "cols_csc": (i1, i1, xv, f2, f2, B, B, f2, f2),
+        "scatter_runs": (i1, f2, f2, B, B, f2, f2),
+        "draw_replace": (I, I, I, I, i1), "draw_shuffle": (I, I, I, I, i1, i1),
+        "rank_sort": (i1, i1), "cross_sw_rows": (f1, F, f1, i1, f1),
+        "fsla_state": (f1, f1, f1, f1, f1, F, F),
         "row_axpy_dense": (X, I, F, f2, f2),
         "row_axpy_csr": (i1, int32[::1], xv, I, F, f2, f2),
         "cross_feature": (f1, F, f1, f2, f2),

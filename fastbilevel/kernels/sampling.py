@@ -70,12 +70,11 @@ def randint(k, i, n):
 
 
 @njit(cache=True)
-def draw_rows(seed, stream, step, n, b, replace, perm, out):
-    """Fill out[:b] with a uniform minibatch of b of the rows 0..n−1, sorted.
-
-    ``perm`` is scratch of length n holding 0..n−1 (it is restored before
-    returning); it is only touched when ``replace`` is False (then b ≤ n)."""
-    k = key(seed, stream, step)
+def fill_rows(k, n, b, replace, perm, out):
+    """Fill out[:b] with the minibatch drawn under key k (in draw order, not
+    sorted): b independent uniform rows (``replace``), or the first b of a
+    partial Fisher–Yates shuffle of ``perm`` (scratch of length n holding
+    0..n−1, restored before returning; then b ≤ n)."""
     if replace:
         for i in range(b):
             out[i] = randint(k, i, n)
@@ -89,6 +88,15 @@ def draw_rows(seed, stream, step, n, b, replace, perm, out):
             j = i + randint(k, i, n - i)
             perm[i] = perm[j]
             perm[j] = out[i]
+
+
+@njit(cache=True)
+def draw_rows(seed, stream, step, n, b, replace, perm, out):
+    """Fill out[:b] with a uniform minibatch of b of the rows 0..n−1, sorted.
+
+    ``perm`` is scratch of length n holding 0..n−1 (it is restored before
+    returning); it is only touched when ``replace`` is False (then b ≤ n)."""
+    fill_rows(key(seed, stream, step), n, b, replace, perm, out)
     out[:b].sort()
     return out[:b]
 
