@@ -16,6 +16,7 @@ implements the same methods.
 from . import kernels as K
 from ._interrupt import run_kernel
 from ._parallel import fixed_nchunks, nchunks
+from .kernels import batched as _batched
 from .kernels import implicit as _implicit
 from .kernels import meta as _meta
 from .kernels import oracles as _oracles
@@ -55,6 +56,10 @@ class CPUBackend:
     implicit_solve = _stoppable(_implicit.implicit_solve)
     meta_gradient = _stoppable(_meta.meta_gradient)
     task_pass = staticmethod(_meta.task_pass)
+
+    # B settings in lockstep, every pass shared (sweep's batched kernels)
+    run_schedule_multi = _stoppable(_batched.run_schedule_multi)
+    implicit_solve_multi = _stoppable(_batched.implicit_solve_multi)
 
     stocbio_run = staticmethod(_stochastic.stocbio_run)
     fsla_run = staticmethod(_stochastic.fsla_run)

@@ -131,7 +131,11 @@ class _DevData:
 
 class CUDABackend:
     """The backend methods of :class:`~fastbilevel.backend.CPUBackend` on an
-    NVIDIA GPU, for one problem's data (uploaded at construction)."""
+    NVIDIA GPU, for one problem's data (uploaded at construction).
+
+    Every run is written for B settings in lockstep (``run_schedule_multi``,
+    ``implicit_solve_multi``: a sweep's batched kernels); the single-setting
+    methods run them with B = 1."""
 
     name = "cuda"
 
@@ -150,13 +154,12 @@ class CUDABackend:
         self.c = problem.c
         self.tpb = _tpb()
         self.vtpb = 4 if simulated() else 256
+        self.nparts = 4 if simulated() else 1024     # partial sums per setting
         self.V = gpu.vector_kernels()
-        self._parts = cuda.device_array(4 if simulated() else 1024)
         self._data = {}
         self._relabel = None
         for D in (problem.train, problem.val):
             self._device(D)
-        self._scal = cuda.device_array(4)
         self._empty = cuda.to_device(np.empty(0))
         self._noidx = cuda.to_device(np.empty(0, dtype=np.int64))
         self._scratch = {}
@@ -199,34 +202,27 @@ class CUDABackend:
         problem's data_sq_norm)."""
         return self._gpu.kernels(c, self.tpb)
 
-    def _buffers(self, dense, nb, c):
-        """Scratch for a pass over nb positions (rows, or minibatch entries):
-        row coefficients and the dense tile partials, grown as needed and
-        shared by every pass with c outputs (views of the first nb rows)."""
-        key = (dense, c)
+    def _grown(self, key, shapes, need):
+        """Scratch arrays ``shapes(cap)`` kept under ``key``, reallocated
+        when fewer than ``need`` positions fit."""
         s = self._scratch.get(key)
-        if s is None or s["cap"] < nb:
-            cuda, d = self.cuda, self.d
-            cap = max(nb, 1)
-            ntiles = max(1, -(-cap // self._gpu.ROW_TILE)) if dense else 1
-            s = {
-                "cap": cap,
-                "CG": cuda.device_array((cap, c)), "CH": cuda.device_array((cap, c)),
-                "LV": cuda.device_array(cap),
-                "PG": cuda.device_array((ntiles, c, d) if dense else (1, 1, 1)),
-                "PH": cuda.device_array((ntiles, c, d) if dense else (1, 1, 1)),
-            }
+        if s is None or s[0] < need:
+            cap = max(need, 1)
+            s = (cap,) + tuple(self.cuda.device_array(sh) for sh in shapes(cap))
             self._scratch[key] = s
         return s
 
-    def _row_sums(self, n, c):
-        """(n, c) scratch pair for a CSR minibatch's per-row coefficients."""
-        key = ("rows", n, c)
-        s = self._scratch.get(key)
-        if s is None:
-            s = (self.cuda.device_array((n, c)), self.cuda.device_array((n, c)))
-            self._scratch[key] = s
-        return s
+    def _buffers(self, dense, B, nb, c):
+        """Scratch for a pass of B settings over nb positions (rows, or
+        minibatch entries): (cap, CG, CH (B, cap, c), LV (B, cap), PG, PH
+        (B, tiles, c, d): the dense tile partials), grown as needed."""
+        d, tile = self.d, self._gpu.ROW_TILE
+
+        def shapes(cap):
+            nt = max(1, -(-cap // tile)) if dense else 1
+            part = (B, nt, c, d) if dense else (1, 1, 1, 1)
+            return (B, cap, c), (B, cap, c), (B, cap), part, part
+        return self._grown(("pass", dense, B, c), shapes, nb)
 
     def _draw(self, seed, stream, step, n, b, replace):
         """The minibatch of (seed, stream, step): b of the rows 0..n−1,
@@ -258,27 +254,47 @@ class CUDABackend:
         g, b = self._vgrid(n)
         kernel[g, b](*args)
 
-    def _rows_grid(self, n):
-        """(blocks, threads) of a rows kernel: a thread per row."""
-        return (max(1, min(-(-n // self.tpb), 65535)), self.tpb)
+    def _blocks(self, n):
+        """Blocks along the positions of a pass kernel (grid-stride beyond)."""
+        return max(1, min(-(-n // self.tpb), 65535))
 
-    def _scalar(self, slot=0):
-        return float(self._scal[slot:slot + 1].copy_to_host()[0])
+    def _arr(self, values):
+        """A small host vector (per-setting scalars) on the device."""
+        return self.cuda.to_device(np.ascontiguousarray(values, dtype=np.float64))
 
-    def _sum(self, v):
-        """Σ v (device vector) on the host, in a fixed order."""
-        if v.shape[0] == 0:
-            return 0.0
-        np_ = self._parts.shape[0]
-        self._ew(self.V.partial_sums, np_, v, self._parts)
-        self.V.sum_parts[1, 1](self._parts, self._scal, 0)
-        return self._scalar(0)
+    def _reduce(self, B, launch):
+        """Per-setting sums: ``launch(parts)`` writes B·nparts partial sums
+        (partial_sums or partial_dots), added per setting in a fixed order;
+        a device (B,) array (valid until the next reduction)."""
+        _, parts, out = self._grown(("reduce", B), lambda cap: ((cap,), (B,)),
+                                    B * self.nparts)
+        launch(parts[:B * self.nparts])
+        self._ew(self.V.sum_parts, B, parts, out, self.nparts)
+        return out
+
+    def _sums(self, v, per, stride):
+        """Σ of the first ``per`` entries of each setting's row of v (B, ≥per),
+        rows ``stride`` apart: host (B,)."""
+        B = v.shape[0]
+        if per == 0:
+            return np.zeros(B)
+        return self._reduce(B, lambda parts: self._ew(
+            self.V.partial_sums, parts.shape[0], _flat(v), parts, per, stride,
+            self.nparts)).copy_to_host()
+
+    def _dots_dev(self, x, y):
+        """⟨x_s, y_s⟩ per setting of two device (B, ...) arrays: device (B,)."""
+        B = x.shape[0]
+        return self._reduce(B, lambda parts: self._ew(
+            self.V.partial_dots, parts.shape[0], _flat(x), _flat(y), parts, _size(x) // B,
+            self.nparts))
+
+    def _dots(self, x, y):
+        return self._dots_dev(x, y).copy_to_host()
 
     def _dot(self, x, y):
-        """⟨x, y⟩ of two device (c, d) arrays, in a fixed order."""
-        self._ew(self.V.partial_dots, self._parts.shape[0], _flat(x), _flat(y), self._parts)
-        self.V.sum_parts[1, 1](self._parts, self._scal, 1)
-        return self._scalar(1)
+        """⟨x, y⟩ of two device arrays of one setting, in a fixed order."""
+        return float(self._dots(_one(x), _one(y))[0])
 
     def _copy(self, dst, src):
         self._ew(self.V.copy, _size(dst), _flat(dst), _flat(src))
@@ -286,99 +302,145 @@ class CUDABackend:
     def _fill(self, dst, value):
         self._ew(self.V.fill, _size(dst), _flat(dst), float(value))
 
-    def dpass(self, dev, a, model, W, V, want_grad, want_hvp, G, HV, cross, rows=None):
-        """One pass over the device design ``dev`` at W (direction V), all
-        device arrays; returns the data part of the objective (host float).
-        G, HV and ``cross`` (empty or length n) as in ``oracle_pass``; with
-        ``rows`` (a sorted device minibatch, repeats allowed) as in
-        ``oracle_pass_rows``: weights 1/|B|, ``cross`` by batch position.
+    def _lc(self, out, a, x, b, y):
+        """out = a_s x + b_s y per setting (a, b: host scalars or (B,) arrays)."""
+        B = out.shape[0]
+        self._ew(self.V.lincomb, _size(out), _flat(out), self._arr(np.broadcast_to(a, B)),
+                 _flat(x), self._arr(np.broadcast_to(b, B)), _flat(y), _size(out) // B)
+
+    # ----------------------------------------------------------- passes
+    def dpass_multi(self, dev, A, model, W, V, want_grad, want_hvp, G, HV, cross, rows=None):
+        """One pass over the device design ``dev`` for B settings at W
+        (direction V), all device arrays: A (B, n) or (B, 0); W, V, G, HV
+        (B, c, d); cross (B, n) or (B, 0). Returns each setting's data part
+        of the objective (host (B,)). With ``rows`` (a sorted device
+        minibatch, repeats allowed) as ``oracle_pass_rows``: weights 1/|B|,
+        ``cross`` by batch position.
 
         A CSR minibatch's Xᵀr half walks the whole stored transpose, the rows
         outside the batch weighing 0 (no float atomics: a fixed order)."""
-        c = W.shape[0]
+        B, c = W.shape[0], W.shape[1]
         n = dev.n if rows is None else rows.shape[0]
-        s = self._buffers(dev.dense, n, c)
+        cap, CG, CH, LV, PG, PH = self._buffers(dev.dense, B, n, c)
         K = self._k(c)
         idx = self._noidx if rows is None else rows
         if n == 0:
-            if want_grad:
-                self._fill(G, 0.0)
-            if want_hvp:
-                self._fill(HV, 0.0)
-            return 0.0
-        grid, tpb = self._rows_grid(n)
-        CG, CH = s["CG"][:n], s["CH"][:n]
-        args = (dev.y, a, model, W, V, want_grad, want_hvp, 1.0 / n, CG, CH, s["LV"], cross)
+            for out, want in ((G, want_grad), (HV, want_hvp)):
+                if want:
+                    self._fill(out, 0.0)
+            return np.zeros(B)
+        grid = (self._blocks(n), B)
+        args = (dev.y, A, model, W, V, want_grad, want_hvp, 1.0 / n, CG, CH, LV, cross)
         if dev.dense:
-            K.rows_dense[grid, tpb](dev.X, idx, 0, n, *args)
+            K.rows_dense[grid, self.tpb](dev.X, idx, 0, n, *args)
         else:
-            K.rows_csr[grid, tpb](dev.indptr, dev.indices, dev.data, idx, 0, n, *args)
+            K.rows_csr[grid, self.tpb](dev.indptr, dev.indices, dev.data, idx, 0, n, *args)
         if want_grad or want_hvp:
             if dev.dense:
                 nt = max(1, -(-n // self._gpu.ROW_TILE))
                 fb = -(-self.d // self.tpb)
                 # one tile writes G and HV directly; more write partials, added in order
-                PG = s["PG"][:nt] if nt > 1 else G.reshape((1,) + G.shape)
-                PH = s["PH"][:nt] if nt > 1 else HV.reshape((1,) + HV.shape)
-                K.cols_dense[(fb, nt), self.tpb](dev.X, idx, CG, CH, want_grad, want_hvp,
-                                                 PG, PH)
+                P1 = PG if nt > 1 else G.reshape((B, 1) + G.shape[1:])
+                P2 = PH if nt > 1 else HV.reshape((B, 1) + HV.shape[1:])
+                K.cols_dense[(fb, nt, B), self.tpb](dev.X, idx, n, CG, CH, want_grad,
+                                                   want_hvp, P1, P2)
                 if nt > 1:
-                    if want_grad:
-                        self._ew(self.V.sum_tiles, _size(G), PG.reshape((nt, _size(G))),
-                                 _flat(G))
-                    if want_hvp:
-                        self._ew(self.V.sum_tiles, _size(HV), PH.reshape((nt, _size(HV))),
-                                 _flat(HV))
+                    per = c * self.d
+                    for P, out, want in ((PG, G, want_grad), (PH, HV, want_hvp)):
+                        if want:
+                            self._ew(self.V.sum_tiles, B * per, _flat(P), _flat(out), nt,
+                                     P.shape[1], per)
             else:
                 if rows is not None:        # coefficients by row: 0 outside the batch
-                    RG, RH = self._row_sums(dev.n, c)
+                    _, RG, RH = self._grown(("rows", B, c),
+                                            lambda cap: ((B, cap, c), (B, cap, c)), dev.n)
                     for Rk, want in ((RG, want_grad), (RH, want_hvp)):
                         if want:
                             self._fill(Rk, 0.0)
-                    self._ew(K.scatter_runs, n, rows, CG, CH, want_grad, want_hvp, RG, RH)
+                    K.scatter_runs[(self._blocks(n), B), self.tpb](rows, CG, CH, want_grad,
+                                                                  want_hvp, RG, RH)
                     CG, CH = RG, RH
-                g, b = self._vgrid(self.d)
-                K.cols_csc[g, b](dev.cptr, dev.crow, dev.cval, CG, CH, want_grad, want_hvp,
-                                 G, HV)
-        return self._sum(s["LV"][:n])
+                K.cols_csc[(-(-self.d // self.vtpb), B), self.vtpb](
+                    dev.cptr, dev.crow, dev.cval, CG, CH, want_grad, want_hvp, G, HV)
+        return self._sums(LV, n, cap)
+
+    def dpass(self, dev, a, model, W, V, want_grad, want_hvp, G, HV, cross, rows=None):
+        """``dpass_multi`` for one setting: a (n,) or (0,), W, V, G, HV (c, d),
+        cross (n,) or (0,); returns a host float."""
+        return float(self.dpass_multi(dev, _one(a), model, _one(W), _one(V), want_grad,
+                                      want_hvp, _one(G), _one(HV), _one(cross), rows)[0])
 
     def _row_grad_axpy(self, dev, model, W, i, coef, out):
-        """out += coef · ℓ'(W x_i; y_i) ⊗ x_i for the single row i."""
-        K = self._k(W.shape[0])
-        s = self._buffers(dev.dense, dev.n, W.shape[0])
-        args = (dev.y, self._empty, model, W, W, True, False, 1.0, s["CG"], s["CH"],
-                s["LV"], self._empty)
+        """out += coef · ℓ'(W x_i; y_i) ⊗ x_i for the single row i (one setting)."""
+        c = W.shape[0]
+        K = self._k(c)
+        _, CG, CH, LV, _, _ = self._buffers(dev.dense, 1, dev.n, c)
+        none = _one(self._empty)
+        args = (dev.y, none, model, _one(W), _one(W), True, False, 1.0, CG, CH, LV, none)
         if dev.dense:
-            K.rows_dense[1, 1](dev.X, self._noidx, i, i + 1, *args)
-            self._ew(K.row_axpy_dense, self.d, dev.X, i, coef, s["CG"], out)
+            K.rows_dense[(1, 1), 1](dev.X, self._noidx, i, i + 1, *args)
+            self._ew(K.row_axpy_dense, self.d, dev.X, i, coef, CG[0], out)
         else:
-            K.rows_csr[1, 1](dev.indptr, dev.indices, dev.data, self._noidx, i, i + 1,
-                             *args)
+            K.rows_csr[(1, 1), 1](dev.indptr, dev.indices, dev.data, self._noidx, i, i + 1,
+                                  *args)
             g, b = self._vgrid(max(1, self.d))
-            K.row_axpy_csr[g, b](dev.indptr, dev.indices, dev.data, i, coef,
-                                      s["CG"], out)
+            K.row_axpy_csr[g, b](dev.indptr, dev.indices, dev.data, i, coef, CG[0], out)
 
-    def _reg_value(self, rdiag, prior, W, tmp):
-        self._ew(self.V.reg_terms, _size(W), rdiag, _flat(prior), _flat(W), _flat(tmp),
-                 self.d)
-        return 0.5 * self._sum(_flat(tmp))
+    # ------------------------------------------------ O(dim w) per setting
+    def _reg_values(self, RD, PR, W, tmp):
+        """½ Σ rdiag (W − prior)² per setting: host (B,)."""
+        B = W.shape[0]
+        per = _size(W) // B
+        self._ew(self.V.reg_terms, B * per, _flat(RD), _flat(PR), _flat(W), _flat(tmp),
+                 self.d, per)
+        return 0.5 * self._sums(tmp.reshape((B, per)), per, per)
 
-    def _cross_add(self, hyper, rdiag, rdiag_host, da, W, V, cross, scale, h, rows=None):
-        """h += scale · J(W)V on the device (``cross`` from the pass, by batch
-        position when the pass had ``rows``)."""
+    def _reg_grad_add(self, RD, PR, W, G):
+        per = _size(W) // W.shape[0]
+        self._ew(self.V.reg_grad_add, _size(W), _flat(RD), _flat(PR), _flat(W), _flat(G),
+                 self.d, per)
+
+    def _reg_hvp_add(self, RD, V, HV):
+        per = _size(V) // V.shape[0]
+        self._ew(self.V.reg_hvp_add, _size(V), _flat(RD), _flat(V), _flat(HV), self.d, per)
+
+    def _step(self, solver, gammas, betas, St, G):
+        """The solver step of every setting: St (1 or 2, B, c, d), G (B, c, d);
+        gammas, betas device (B,)."""
+        A = _flat(St[0])
+        Bp = _flat(St[1]) if St.shape[0] > 1 else A
+        self._ew(self.V.solver_step, _size(A), solver, gammas, betas, A, Bp, _flat(G),
+                 _size(G) // G.shape[0])
+
+    def _cross_multi(self, hyper, RD, RD_host, DA, W, V, cross, scales, H, rows=None):
+        """H[s] += scales[s] · J_s(W_s)V_s on the device (``cross`` (B, ·) from
+        the pass, by batch position when the pass had ``rows``; one setting
+        then). RD_host: the host (B, d) ridge diagonals."""
+        B = W.shape[0]
+        scales = np.asarray(scales, dtype=np.float64)
         if hyper == SAMPLE_WEIGHTS:
             if rows is None:
-                self._ew(self.V.cross_sw, cross.shape[0], h, scale, da, cross)
+                per = cross.shape[1]
+                self._ew(self.V.cross_sw, B * per, _flat(H), self._arr(scales), _flat(DA),
+                         _flat(cross), per)
             else:
-                self._ew(self.V.cross_sw_rows, rows.shape[0], h, scale, da, rows, cross)
+                self._ew(self.V.cross_sw_rows, rows.shape[0], H[0], float(scales[0]), DA[0],
+                         rows, cross[0])
         elif hyper == FEATURE_L2:
-            g, b = self._vgrid(self.d)
-            self._k(W.shape[0]).cross_feature[g, b](h, scale, rdiag, W, V)
+            self._k(W.shape[1]).cross_feature[(-(-self.d // self.vtpb), B), self.vtpb](
+                H, self._arr(scales), RD, W, V)
         elif hyper == L2:
-            self._dot(W, V)
-            self.V.add_scalar[1, 1](h, 0, scale * float(rdiag_host[0]), self._scal, 1)
+            coef = scales * np.asarray(RD_host, dtype=np.float64).reshape(B, -1)[:, 0]
+            self._ew(self.V.add_scaled, B, _flat(H), H.shape[1], self._arr(coef),
+                     self._dots_dev(W, V))
         elif hyper == BIASED_L2:
-            self._ew(self.V.cross_biased, _size(V), h, scale, rdiag, _flat(V), self.d)
+            self._ew(self.V.cross_biased, _size(V), _flat(H), self._arr(scales), _flat(RD),
+                     _flat(V), self.d, _size(V) // B)
+
+    def _cross_add(self, hyper, rd, rd_host, da, W, V, cross, scale, h, rows=None):
+        """``_cross_multi`` for one setting (h 1-D)."""
+        self._cross_multi(hyper, _one(rd), np.reshape(rd_host, (1, -1)), _one(da), _one(W),
+                          _one(V), _one(cross), [scale], _one(h), rows)
 
     def _progress(self):
         """A callable reporting passes done to the progress callback (if any)."""
@@ -394,8 +456,21 @@ class CUDABackend:
                 report(int(done), finished)
         return tick
 
+    def _params(self, B, A, DA, RD, PRIOR):
+        """The per-setting kernel parameters on the device: A, DA (B, n) or
+        (B, 0); RD (B, d); PRIOR flat (B·c·d) or empty."""
+        cuda = self.cuda
+
+        def rows_of(M):
+            return cuda.to_device(np.ascontiguousarray(M) if M.shape[0] else np.empty((B, 0)))
+        return (rows_of(A), rows_of(DA), cuda.to_device(np.ascontiguousarray(RD)),
+                cuda.to_device(np.ascontiguousarray(PRIOR).reshape(-1)))
+
     # ------------------------------------------------------- backend API
-    def oracle_pass(self, D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks):
+    def oracle_pass(self, D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks,
+                    rows=None):
+        """``oracle_pass`` (or ``oracle_pass_rows`` with ``rows``) with host
+        arrays in and out."""
         cuda = self.cuda
         dev = self._device(D)
         dW = cuda.to_device(W)
@@ -403,8 +478,10 @@ class CUDABackend:
         dG = cuda.device_array(W.shape)
         dH = cuda.device_array(W.shape)
         dC = cuda.device_array(cross.shape[0])
+        drows = None if rows is None else cuda.to_device(
+            np.ascontiguousarray(rows, dtype=np.int64))
         v = self.dpass(dev, cuda.to_device(a), model, dW, dV, want_grad, want_hvp, dG, dH,
-                       dC)
+                       dC, drows)
         if want_grad:
             dG.copy_to_host(G)
         if want_hvp:
@@ -416,23 +493,8 @@ class CUDABackend:
     def oracle_pass_rows(self, rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross,
                          nchunks):
         """``oracle_pass`` over the sorted minibatch ``rows`` (host int64)."""
-        cuda = self.cuda
-        dev = self._device(D)
-        dW = cuda.to_device(W)
-        dV = dW if V is W else cuda.to_device(V)
-        dG = cuda.device_array(W.shape)
-        dH = cuda.device_array(W.shape)
-        dC = cuda.device_array(cross.shape[0])
-        drows = cuda.to_device(np.ascontiguousarray(rows, dtype=np.int64))
-        v = self.dpass(dev, cuda.to_device(a), model, dW, dV, want_grad, want_hvp, dG, dH,
-                       dC, drows)
-        if want_grad:
-            dG.copy_to_host(G)
-        if want_hvp:
-            dH.copy_to_host(HV)
-        if cross.shape[0]:
-            dC.copy_to_host(cross)
-        return v
+        return self.oracle_pass(D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks,
+                                rows)
 
     def _batch_of(self, sampler, n, t):
         """Step t's minibatch on the device (None: full batch)."""
@@ -443,46 +505,70 @@ class CUDABackend:
 
     def run_schedule(self, train, a, da, model, hyper, rdiag, prior, val, solver, gamma, beta,
                      W0, T, actions, nslots, buf_len, gvals, h, nchunks, sampler):
-        """The schedule interpreter of ``kernels.unroll.run_schedule`` with
-        the same actions and results, driving the device kernels
-        (``sampler``: minibatch SGD, the batches drawn on the device)."""
+        """``kernels.unroll.run_schedule``: ``run_schedule_multi`` with one
+        setting (``sampler``: minibatch SGD, the batches drawn on the device)."""
+        WT, fv, status, counts, GF = self.run_schedule_multi(
+            train, None, a.reshape(1, -1), da.reshape(1, -1), model, hyper,
+            rdiag.reshape(1, -1), prior.reshape((1,) + prior.shape) if prior.size else prior,
+            val, None, solver, np.array([gamma]), np.array([beta]), W0[None], T, actions,
+            nslots, buf_len, gvals.reshape(1, -1), h.reshape(1, -1), nchunks, sampler=sampler)
+        return WT[0], fv[0], int(status[0]), counts, GF[0]
+
+    def run_schedule_multi(self, train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
+                           solver, gammas, betas, W0, T, actions, nslots, buf_len, gvals, H,
+                           nchunks, sampler=None):
+        """``kernels.batched.run_schedule_multi`` on the device: the schedule
+        interpreter for B settings in lockstep (W0 (B, c, d); gammas, betas
+        (B,); gvals (B, nv), H (B, dim λ) accumulated into), every pass
+        serving all B. Returns (W_T, f(W_T), status, counts, ∇_w f(W_T)) as
+        the CPU's; a diverged setting's state is zeroed and it is skipped
+        (its outputs are meaningless; the others are unaffected).
+        ``trainT``, ``valT`` (the CPU's transposes) are not used."""
         cuda = self.cuda
         dev, vdev = self._device(train), self._device(val)
-        c, d = W0.shape
+        B, c, d = W0.shape
         ns = 1 if solver == GD else 2
         tick = self._progress()
-        a_d, da_d, rd_d = cuda.to_device(a), cuda.to_device(da), cuda.to_device(rdiag)
-        pr_d = cuda.to_device(np.ascontiguousarray(prior).reshape(-1))
-        S = cuda.to_device(np.broadcast_to(W0, (ns, c, d)).copy())
-        Sn = cuda.device_array((ns, c, d))
-        snaps = cuda.device_array((max(nslots, 1), ns, c, d))
+        A_d, DA_d, RD_d, PR_d = self._params(B, A, DA, RD, PRIOR)
+        gam_d, bet_d = self._arr(gammas), self._arr(betas)
+        S = cuda.to_device(np.broadcast_to(W0, (ns, B, c, d)).copy())
+        Sn = cuda.device_array((ns, B, c, d))
+        snaps = cuda.device_array((max(nslots, 1), ns, B, c, d))
         snap_t = np.zeros(max(nslots, 1), dtype=np.int64)
-        buf = cuda.device_array((max(buf_len, 1), c, d))
-        G, HP, Yt, tmp = (cuda.device_array((c, d)) for _ in range(4))
-        P = cuda.to_device(np.zeros((c, d)))
-        Q = cuda.to_device(np.zeros((c, d)))
+        buf = cuda.device_array((max(buf_len, 1), B, c, d))
+        G, HP, Yt, tmp = (cuda.device_array((B, c, d)) for _ in range(4))
+        P, Q, GF = (cuda.to_device(np.zeros((B, c, d))) for _ in range(3))
         WT = cuda.to_device(W0)
-        GF = cuda.to_device(np.zeros((c, d)))
-        hd = cuda.to_device(h)
-        nb = y_len(train) if sampler is None else max(y_len(train), int(sampler[0]))
-        cross = cuda.device_array(nb if hyper == SAMPLE_WEIGHTS else 0)
-        no_cross = self._empty
-        fval = math.nan
+        Hd = cuda.to_device(H)
+        n = y_len(train)
+        nb = n if sampler is None else max(n, int(sampler[0]))
+        cross = cuda.device_array((B, nb) if hyper == SAMPLE_WEIGHTS else (B, 0))
+        no_cross = no_a = cuda.device_array((B, 0))
+        fvals = np.full(B, np.nan)
+        status = np.full(B, -1, dtype=np.int64)
+        alive = np.ones(B, dtype=np.bool_)
+        g0 = np.zeros(B)
+        neg_g = -np.asarray(gammas, dtype=np.float64)
         counts = np.zeros(4, dtype=np.int64)
         used = np.zeros(max(nslots, 1), dtype=np.bool_)
-        g0 = 0.0
         tlast = -1
-        stride = value_stride(T, gvals.shape[0])
+        stride = value_stride(T, gvals.shape[1])
         base = t = 0
         tr = T - 1
 
         def point(St):
             return St[1] if solver == AGD else St[0]
 
-        def finish(status, value):
-            hd.copy_to_host(h)
+        def kill(St):
+            """Zero the diverged settings' state."""
+            for b in np.flatnonzero(~alive):
+                for k in range(St.shape[0]):
+                    self._fill(St[k, b], 0.0)
+
+        def finish():
+            Hd.copy_to_host(H)
             tick(counts[0] + counts[1], True)
-            return WT.copy_to_host(), value, status, counts, GF.copy_to_host()
+            return WT.copy_to_host(), fvals, status, counts, GF.copy_to_host()
 
         for q in range(actions.shape[0]):
             op, arg = int(actions[q, 0]), int(actions[q, 1])
@@ -496,10 +582,12 @@ class CUDABackend:
             if op == RESTORE:
                 self._copy(S, snaps[arg])
                 t = snap_t[arg]
+                kill(S)
                 continue
             if op == FINISH:
-                if tr == -1 and hyper == INIT:
-                    self._ew(self.V.w0_adjoint, c * d, solver, beta, _flat(P), _flat(Q), hd)
+                if tr == -1 and hyper == INIT:      # dead settings: P = Q = 0 add nothing
+                    self._ew(self.V.w0_adjoint, B * c * d, solver, bet_d, _flat(P), _flat(Q),
+                             _flat(Hd), c * d)
                 continue
             rev = op in (REV_STATE, REV_BUF)
             if op == ADV_STORE:
@@ -512,54 +600,59 @@ class CUDABackend:
                 if rev:
                     p = point(S) if op == REV_STATE else buf[tr - base]
                     if solver == AGD:
-                        self._ew(self.V.adjoint_pre, c * d, beta, _flat(P), _flat(Q),
-                                 _flat(Yt))
+                        self._ew(self.V.adjoint_pre, B * c * d, bet_d, _flat(P), _flat(Q),
+                                 _flat(Yt), c * d)
                     rows = self._batch_of(sampler, dev.n, tr)
-                    self.dpass(dev, a_d, model, p, P, False, True, HP, HP, cross, rows)
+                    self.dpass_multi(dev, A_d, model, p, P, False, True, HP, HP, cross, rows)
                     counts[1] += 1
-                    self._cross_add(hyper, rd_d, rdiag, da_d, p, P, cross, -gamma, hd, rows)
-                    self._ew(self.V.reg_hvp_add, c * d, rd_d, _flat(P), _flat(HP), d)
-                    self._ew(self.V.adjoint_post, c * d, solver, gamma, beta, _flat(P),
-                             _flat(Q), _flat(HP), _flat(Yt))
+                    self._cross_multi(hyper, RD_d, RD, DA_d, p, P, cross, neg_g, Hd, rows)
+                    self._reg_hvp_add(RD_d, P, HP)
+                    self._ew(self.V.adjoint_post, B * c * d, solver, gam_d, bet_d, _flat(P),
+                             _flat(Q), _flat(HP), _flat(Yt), c * d)
+                    for b in np.flatnonzero(~alive):
+                        self._fill(P[b], 0.0)
+                        self._fill(Q[b], 0.0)
                     tr -= 1
                     continue
                 St = Sn if op == INIT_ADJ else S
                 p = point(St)
                 if op == ADV_STORE:
                     self._copy(buf[t - base], p)
-                v = self.dpass(dev, a_d, model, p, p, True, False, G, G, no_cross,
-                               self._batch_of(sampler, dev.n, t))
+                v = self.dpass_multi(dev, A_d, model, p, p, True, False, G, G, no_cross,
+                                     self._batch_of(sampler, dev.n, t))
                 counts[0] += 1
-                v += self._reg_value(rd_d, pr_d, p, tmp)
+                v += self._reg_values(RD_d, PR_d, p, tmp)
                 if t > tlast:
                     tlast = t
-                    if t % stride == 0:
-                        gvals[t // stride] = v
-                    if t == 0:
-                        g0 = v
-                    if _diverged(sampler, solver, v, g0):
-                        return finish(t, v)
-                self._ew(self.V.reg_grad_add, c * d, rd_d, pr_d, _flat(p), _flat(G), d)
-                self._step(solver, gamma, beta, St, G)
+                    for b in np.flatnonzero(alive):
+                        if t % stride == 0:
+                            gvals[b, t // stride] = v[b]
+                        if t == 0:
+                            g0[b] = v[b]
+                        if _diverged(sampler, solver, v[b], g0[b]):
+                            alive[b] = False
+                            status[b] = t
+                            fvals[b] = v[b]
+                    if not alive.any():
+                        return finish()
+                self._reg_grad_add(RD_d, PR_d, p, G)
+                self._step(solver, gam_d, bet_d, St, G)
+                kill(St)
                 if op != INIT_ADJ:
                     t += 1
             if op == INIT_ADJ:
                 self._copy(WT, Sn[0] if arg == 1 else S[0])
-                fval = self.dpass(vdev, self._empty, model, WT, WT, True, False, P, P,
-                                  no_cross)
+                v = self.dpass_multi(vdev, no_a, model, WT, WT, True, False, P, P, no_cross)
                 counts[2] += 1
+                fvals[alive] = v[alive]
                 self._copy(GF, P)
                 self._fill(Q, 0.0)
-        return finish(-1, fval)
-
-    def _step(self, solver, gamma, beta, St, G):
-        A = _flat(St[0])
-        B = _flat(St[1]) if St.shape[0] > 1 else A
-        self._ew(self.V.solver_step, _size(A), solver, gamma, beta, A, B, _flat(G))
+        return finish()
 
     def forward_mode(self, train, a, da, model, hyper, rdiag, prior, val, solver, gamma, beta,
                      W0, T, gvals, h, nchunks, sampler):
-        """Forward mode (``kernels.unroll.forward_mode``) on the device."""
+        """Forward mode (``kernels.unroll.forward_mode``) on the device, one
+        setting."""
         cuda = self.cuda
         dev, vdev = self._device(train), self._device(val)
         c, d = W0.shape
@@ -568,15 +661,16 @@ class CUDABackend:
         tick = self._progress()
         a_d, rd_d = cuda.to_device(a), cuda.to_device(rdiag)
         pr_d = cuda.to_device(np.ascontiguousarray(prior).reshape(-1))
-        S = cuda.to_device(np.broadcast_to(W0, (ns, c, d)).copy())
-        Zh = np.zeros((max(m, 1), ns, c, d))
+        gam_d, bet_d = self._arr([gamma]), self._arr([beta])
+        S = cuda.to_device(np.broadcast_to(W0, (ns, 1, c, d)).copy())
+        Zh = np.zeros((max(m, 1), ns, 1, c, d))
         if hyper == INIT:
             for k in range(c):
                 for j in range(d):
-                    Zh[k * d + j, :, k, j] = 1.0
+                    Zh[k * d + j, :, 0, k, j] = 1.0
         Z = cuda.to_device(Zh)
         del Zh
-        G, HV, tmp = (cuda.device_array((c, d)) for _ in range(3))
+        G, HV, tmp = (cuda.device_array((1, c, d)) for _ in range(3))
         no_cross = self._empty
         counts = np.zeros(4, dtype=np.int64)
         inv_n = 1.0 / y_len(train)
@@ -595,112 +689,147 @@ class CUDABackend:
                 rows_h = rows.copy_to_host()        # the batch weights of the rows j
             for j in range(max(m, 1)):
                 Zp = point(Z[j])
-                vj = self.dpass(dev, a_d, model, p, Zp, j == 0, m > 0, G, HV, no_cross,
-                                rows)
+                vj = self.dpass(dev, a_d, model, p[0], Zp[0], j == 0, m > 0, G[0], HV[0],
+                                no_cross, rows)
                 if j == 0:
                     v = vj
                 if m == 0:
                     break
                 counts[1] += 1
-                self._ew(self.V.reg_hvp_add, c * d, rd_d, _flat(Zp), _flat(HV), d)
+                self._reg_hvp_add(rd_d, Zp, HV)
                 if hyper == SAMPLE_WEIGHTS:
                     wj = inv_n if rows is None else (
                         (np.searchsorted(rows_h, j, "right") - np.searchsorted(rows_h, j))
                         / rows_h.shape[0])
                     coef = float(da[j]) * wj
                     if coef != 0.0:
-                        self._row_grad_axpy(dev, model, p, j, coef, HV)
+                        self._row_grad_axpy(dev, model, p[0], j, coef, HV[0])
                 elif hyper in (FEATURE_L2, L2, BIASED_L2):
                     self._ew(self.V.tangent_extra, c * d, hyper, j, d, rd_d, _flat(p),
                              _flat(HV))
-                self._step(solver, gamma, beta, Z[j], HV)
+                self._step(solver, gam_d, bet_d, Z[j], HV)
             counts[0] += 1
-            v += self._reg_value(rd_d, pr_d, p, tmp)
+            v += float(self._reg_values(rd_d, pr_d, p, tmp)[0])
             if t % stride == 0:
                 gvals[t // stride] = v
             if t == 0:
                 g0 = v
             if _diverged(sampler, solver, v, g0):
                 tick(t, True)
-                return S[0].copy_to_host(), v, t, counts, G.copy_to_host()
-            self._ew(self.V.reg_grad_add, c * d, rd_d, pr_d, _flat(p), _flat(G), d)
-            self._step(solver, gamma, beta, S, G)
+                return S[0, 0].copy_to_host(), v, t, counts, G[0].copy_to_host()
+            self._reg_grad_add(rd_d, pr_d, p, G)
+            self._step(solver, gam_d, bet_d, S, G)
         WT = cuda.device_array((c, d))
-        self._copy(WT, S[0])
-        fval = self.dpass(vdev, self._empty, model, WT, WT, True, False, G, G, no_cross)
+        self._copy(WT, S[0, 0])
+        fval = self.dpass(vdev, self._empty, model, WT, WT, True, False, G[0], G[0], no_cross)
         counts[2] += 1
         for j in range(m):
-            h[j] += self._dot(G, Z[j, 0])
+            h[j] += self._dot(G[0], Z[j, 0, 0])
         tick(T, True)
-        return WT.copy_to_host(), fval, -1, counts, G.copy_to_host()
+        return WT.copy_to_host(), fval, -1, counts, G[0].copy_to_host()
 
     def implicit_solve(self, train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha,
                        beta, nchunks):
-        """``kernels.implicit.implicit_solve`` on the device: the same steps,
-        the scalars (dots, norms) read back to the host for the control flow."""
+        """``kernels.implicit.implicit_solve``: the linear solve of
+        ``implicit_solve_multi`` for one setting (no J·v term)."""
+        v, resid, steps, status = self._linear_solve(
+            train, a.reshape(1, -1), model, rdiag.reshape(1, -1), W[None], b[None], v0[None],
+            solver, K, tol, np.array([eta]), np.array([alpha]), np.array([beta]))
+        return v[0].copy_to_host(), float(resid[0]), int(steps[0]), int(status[0])
+
+    def implicit_solve_multi(self, train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solver,
+                             K, tol, etas, alphas, betas, H, nchunks):
+        """``kernels.batched.implicit_solve_multi`` on the device: B linear
+        solves in lockstep, each setting stopping at its own tolerance, then
+        H[b] −= J_b(W[b]) v[b]. Returns (v, residuals, steps, status)."""
+        B = W.shape[0]
+        v, resid, steps, status = self._linear_solve(train, A, model, RD, W, Bv, V0, solver,
+                                                     K, tol, etas, alphas, betas)
+        dev = self._device(train)
+        A_d, DA_d, RD_d, _ = self._params(B, A, DA, RD, np.empty(0))
+        Wd = self.cuda.to_device(W)
+        Hd = self.cuda.to_device(H)
+        cross = self.cuda.device_array((B, dev.n) if hyper == SAMPLE_WEIGHTS else (B, 0))
+        if hyper == SAMPLE_WEIGHTS:
+            Hx = self.cuda.device_array(W.shape)
+            self.dpass_multi(dev, A_d, model, Wd, v, False, False, Hx, Hx, cross)
+        self._cross_multi(hyper, RD_d, RD, DA_d, Wd, v, cross, -np.ones(B), Hd)
+        Hd.copy_to_host(H)
+        return v.copy_to_host(), resid, steps, status
+
+    def _linear_solve(self, train, A, model, RD, W, Bv, V0, solver, K, tol, etas, alphas,
+                      betas):
+        """H_b(W_b) v_b = Bv_b for B settings by CG, Neumann or heavy ball,
+        with ``kernels.implicit.implicit_solve``'s steps per setting; the
+        per-setting scalars (dots, norms) read back for the control flow.
+        Returns (v on the device, residuals, steps, status) (host (B,))."""
         cuda = self.cuda
         dev = self._device(train)
-        c, d = W.shape
+        B, c, d = W.shape
         tick = self._progress()
-        a_d, rd_d = cuda.to_device(a), cuda.to_device(rdiag)
-        Wd, bd = cuda.to_device(W), cuda.to_device(b)
-        v, vprev = cuda.to_device(v0), cuda.to_device(v0)
-        Hx = cuda.device_array((c, d))
-        r = cuda.to_device(np.zeros((c, d)))
-        p = cuda.to_device(np.zeros((c, d)))
-        nxt = cuda.device_array((c, d))
-        n = c * d
-        thresh = tol * math.sqrt(self._dot(bd, bd))
-        r0 = rr = 0.0
+        A_d, _, RD_d, _ = self._params(B, A, A, RD, np.empty(0))
+        Wd, bd = cuda.to_device(W), cuda.to_device(Bv)
+        v, vprev = cuda.to_device(V0), cuda.to_device(V0)
+        Hx, nxt = cuda.device_array((B, c, d)), cuda.device_array((B, c, d))
+        r, p = cuda.to_device(np.zeros((B, c, d))), cuda.to_device(np.zeros((B, c, d)))
+        no_cross = cuda.device_array((B, 0))
+        thresh = tol * np.sqrt(self._dots(bd, bd))
+        r0 = np.zeros(B)
+        rr = np.zeros(B)
+        resid = np.full(B, np.nan)
+        steps = np.zeros(B, dtype=np.int64)
+        status = np.full(B, -1, dtype=np.int64)
+        active = np.ones(B, dtype=np.bool_)
+        ones = np.ones(B)
         it = 0
-        fv, fr, fp, fH = _flat(v), _flat(r), _flat(p), _flat(Hx)
+
+        def stop(b, code, rn):
+            status[b], resid[b], steps[b], active[b] = code, rn, it, False
+
         while True:
             tick(it)
             x = p if (solver == CG and it > 0) else v
-            self.dpass(dev, a_d, model, Wd, x, False, True, Hx, Hx, self._empty)
-            self._ew(self.V.reg_hvp_add, n, rd_d, _flat(x), fH, d)
+            self.dpass_multi(dev, A_d, model, Wd, x, False, True, Hx, Hx, no_cross)
+            self._reg_hvp_add(RD_d, x, Hx)
             if solver == CG and it > 0:
-                pHp = self._dot(p, Hx)
-                if not pHp > 0.0:
-                    return v.copy_to_host(), math.sqrt(rr), it, NO_CURVATURE
-                step = rr / pHp
-                self._ew(self.V.lincomb, n, fv, 1.0, fv, step, fp)
-                self._ew(self.V.lincomb, n, fr, 1.0, fr, -step, fH)
-                rn = math.sqrt(self._dot(r, r))
+                pHp = self._dots(p, Hx)
+                for b in np.flatnonzero(active):
+                    if not pHp[b] > 0.0:
+                        stop(b, NO_CURVATURE, math.sqrt(rr[b]))
+                step = np.where(active, rr / np.where(active, pHp, 1.0), 0.0)
+                self._lc(v, ones, v, step, p)
+                self._lc(r, ones, r, -step, Hx)
             else:
-                self._ew(self.V.lincomb, n, fr, 1.0, _flat(bd), -1.0, fH)
-                rn = math.sqrt(self._dot(r, r))
-                if it == 0:
-                    r0 = rn
-                    if solver == CG:
-                        self._copy(p, r)
-            if not math.isfinite(rn) or rn > 1e6 * r0:
-                return v.copy_to_host(), rn, it, DIVERGED
-            if rn <= thresh:
-                return v.copy_to_host(), rn, it, CONVERGED
-            if it == K:
-                return v.copy_to_host(), rn, it, MAX_STEPS
+                self._lc(r, ones, bd, -ones, Hx)
+            rn = np.sqrt(self._dots(r, r))
+            if it == 0:
+                r0[:] = rn
+                if solver == CG:
+                    self._copy(p, r)
+            for b in np.flatnonzero(active):
+                if not math.isfinite(rn[b]) or rn[b] > 1e6 * r0[b]:
+                    stop(b, DIVERGED, rn[b])
+                elif rn[b] <= thresh[b]:
+                    stop(b, CONVERGED, rn[b])
+                elif it == K:
+                    stop(b, MAX_STEPS, rn[b])
+            if not active.any():
+                return v, resid, steps, status
             if solver == CG:
                 if it > 0:
-                    self._ew(self.V.lincomb, n, fp, rn * rn / rr, fp, 1.0, fr)
-                rr = rn * rn
+                    self._lc(p, np.where(active, rn * rn / np.where(rr > 0, rr, 1.0), 1.0), p,
+                             ones, r)
+                rr = np.where(active, rn * rn, rr)
             elif solver == NEUMANN:
-                self._ew(self.V.lincomb, n, fv, 1.0, fv, eta, fr)
+                self._lc(v, ones, v, np.where(active, etas, 0.0), r)
             else:
-                # nxt = v + α r + β (v − vprev); vprev = v; v = nxt
-                self._ew(self.V.lincomb, n, _flat(nxt), 1.0 + beta, fv, alpha, fr)
-                self._ew(self.V.lincomb, n, _flat(nxt), 1.0, _flat(nxt), -beta,
-                         _flat(vprev))
+                # nxt = v + α r + β (v − vprev); vprev = v; v = nxt (still: nxt = v)
+                al, be = np.where(active, alphas, 0.0), np.where(active, betas, 0.0)
+                self._lc(nxt, 1.0 + be, v, al, r)
+                self._lc(nxt, ones, nxt, -be, vprev)
                 self._copy(vprev, v)
                 self._copy(v, nxt)
             it += 1
-
-    # ------------------------------------------- not on the GPU yet
-    def meta_gradient(self, *args, **kw):
-        raise not_on_gpu("meta-learning")
-
-    def task_pass(self, *args, **kw):
-        raise not_on_gpu("meta-learning")
 
     # ------------------------------------------- stochastic estimators
     def stocbio_run(self, train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S,
@@ -710,13 +839,13 @@ class CUDABackend:
         cuda = self.cuda
         dev, vdev = self._device(train), self._device(val)
         c, d = W0.shape
-        size = c * d
         Q = hsizes.shape[0]
         a_d, da_d, rd_d = cuda.to_device(a), cuda.to_device(da), cuda.to_device(rdiag)
         pr_d = cuda.to_device(np.ascontiguousarray(prior).reshape(-1))
-        W = cuda.to_device(W0)
-        G, tmp = cuda.device_array((c, d)), cuda.device_array((c, d))
-        R, acc, VQ = (cuda.to_device(np.zeros((c, d))) for _ in range(3))
+        gam_d = self._arr([gamma])
+        W = cuda.to_device(W0[None])
+        G, tmp = cuda.device_array((1, c, d)), cuda.device_array((1, c, d))
+        R, acc, VQ = (cuda.to_device(np.zeros((1, c, d))) for _ in range(3))
         hd = cuda.to_device(h)
         sw = hyper == SAMPLE_WEIGHTS
         cross = cuda.device_array(dg if sw else 0)
@@ -726,8 +855,8 @@ class CUDABackend:
         for st in range(D + Q + 2):
             if st == D:                 # v_0 = r_Q on D_F
                 rows = self._draw(seed, STREAM_F, 0, vdev.n, df, replace)
-                fval = self.dpass(vdev, self._empty, model, W, W, True, False, R, R,
-                                  self._empty, rows)
+                fval = self.dpass(vdev, self._empty, model, W[0], W[0], True, False, R[0],
+                                  R[0], self._empty, rows)
                 counts[1] += df
                 self._copy(acc, R)
                 continue
@@ -737,31 +866,32 @@ class CUDABackend:
                 i = Q - (st - D - 1)
                 stream, step, b, V, grad = STREAM_HESS, i, int(hsizes[i - 1]), R, False
             else:
-                self._ew(self.V.lincomb, size, _flat(VQ), eta, _flat(acc), 0.0, _flat(acc))
+                self._lc(VQ, eta, acc, 0.0, acc)
                 if not sw:
-                    self._cross_add(hyper, rd_d, rdiag, da_d, W, VQ, self._empty, -1.0, hd)
+                    self._cross_add(hyper, rd_d, rdiag, da_d, W[0], VQ[0], self._empty, -1.0,
+                                    hd)
                     break
                 stream, step, b, V, grad = STREAM_G, 0, dg, VQ, False
             rows = self._draw(seed, stream, step, dev.n, b, replace)
-            v = self.dpass(dev, a_d, model, W, V, grad, not grad, G, G,
+            v = self.dpass(dev, a_d, model, W[0], V[0], grad, not grad, G[0], G[0],
                            cross if st > D + Q else self._empty, rows)
             counts[0] += b
             if st < D:
-                v += self._reg_value(rd_d, pr_d, W, tmp)
+                v += float(self._reg_values(rd_d, pr_d, W, tmp)[0])
                 if st == 0:
                     g0 = v
-                if _diverged(True, GD, v, g0):
-                    return W.copy_to_host(), fval, st, counts
-                self._ew(self.V.reg_grad_add, size, rd_d, pr_d, _flat(W), _flat(G), d)
-                self._step(GD, gamma, 0.0, W.reshape((1, c, d)), G)
+                if _diverged(True, GD, v, g0):          # the minibatch rule
+                    return W[0].copy_to_host(), fval, st, counts
+                self._reg_grad_add(rd_d, pr_d, W, G)
+                self._step(GD, gam_d, gam_d, _one(W), G)
             elif st <= D + Q:
-                self._ew(self.V.reg_hvp_add, size, rd_d, _flat(R), _flat(G), d)
-                self._ew(self.V.lincomb, size, _flat(R), 1.0, _flat(R), -eta, _flat(G))
-                self._ew(self.V.lincomb, size, _flat(acc), 1.0, _flat(acc), 1.0, _flat(R))
+                self._reg_hvp_add(rd_d, R, G)
+                self._lc(R, 1.0, R, -eta, G)
+                self._lc(acc, 1.0, acc, 1.0, R)
             else:
-                self._cross_add(hyper, rd_d, rdiag, da_d, W, VQ, cross, -1.0, hd, rows)
+                self._cross_add(hyper, rd_d, rdiag, da_d, W[0], VQ[0], cross, -1.0, hd, rows)
         hd.copy_to_host(h)
-        return W.copy_to_host(), fval, -1, counts
+        return W[0].copy_to_host(), fval, -1, counts
 
     def fsla_run(self, train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior,
                  k0, iters, delta, c_tau, c_beta, c_eta, b_inner, b_val, b_cross, replace,
@@ -795,7 +925,7 @@ class CUDABackend:
             ed.copy_to_host(out)
 
         def finite(*arrays):        # Σ 0·x is NaN iff some x is not finite
-            return all(math.isfinite(self._dot(A, zero)) for A in arrays)
+            return all(math.isfinite(self._dot(X, zero)) for X in arrays)
 
         def done(status):
             Wd.copy_to_host(W)
@@ -809,14 +939,12 @@ class CUDABackend:
             alpha = delta / math.sqrt(max(k, 0) + 1.0)
             tau, beta, etak = c_tau * alpha, c_beta * alpha, min(1.0, c_eta * alpha)
             rows = self._draw(seed, STREAM_F, step, vdev.n, b_val, replace)
-            self.dpass(vdev, self._empty, model, Wd, Wd, True, False, P, P, self._empty,
-                       rows)
+            self.dpass(vdev, self._empty, model, Wd, Wd, True, False, P, P, self._empty, rows)
             counts[1] += b_val
             for sp in range(4):     # the passes of kernels.stochastic.fsla_run, in order
                 if init and sp < 3:
                     if sp == 0:     # v_0 = β_0 ∂_ωF
-                        self._ew(self.V.lincomb, size, _flat(Vd), beta, _flat(P), 0.0,
-                                 _flat(P))
+                        self._lc(_one(Vd), beta, _one(P), 0.0, _one(P))
                     continue
                 if sp == 0 and not sw:
                     e_of(e_old, None, self._empty)
@@ -843,9 +971,9 @@ class CUDABackend:
                 if sp == 0:
                     e_of(e_old, rows, cross)
                 elif sp == 1:
-                    self._ew(self.V.reg_grad_add, size, rd_d, pr_d, _flat(Wd), _flat(G1), d)
+                    self._reg_grad_add(rd_d, pr_d, _one(Wd), _one(G1))
                 elif sp == 2:
-                    self._ew(self.V.reg_hvp_add, size, rd_d, _flat(Vd), _flat(HV), d)
+                    self._reg_hvp_add(rd_d, _one(Vd), _one(HV))
                     self._ew(self.V.fsla_state, size, _flat(Wd), _flat(Vd), _flat(G1),
                              _flat(P), _flat(HV), tau, beta)
                     ok = finite(Wd, Vd)
@@ -860,6 +988,13 @@ class CUDABackend:
                 return done(k)
         return done(-1)
 
+    # ------------------------------------------- not on the GPU yet
+    def meta_gradient(self, *args, **kw):
+        raise not_on_gpu("meta-learning")
+
+    def task_pass(self, *args, **kw):
+        raise not_on_gpu("meta-learning")
+
 
 def _gpu_name(cuda):
     try:
@@ -872,6 +1007,11 @@ def _gpu_name(cuda):
 def _flat(A):
     """A contiguous device array as a 1-D view."""
     return A.reshape(_size(A))
+
+
+def _one(A):
+    """A device array as a batch of one setting (a leading axis of 1)."""
+    return A.reshape((1,) + tuple(A.shape))
 
 
 def _size(A):

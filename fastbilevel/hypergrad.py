@@ -268,10 +268,13 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
         WT, value, status, counts, GF = be.run_schedule(*args, sched.actions, sched.nslots,
                                                         sched.buf_len, gvals, h, nch, sampler)
         passes = int(counts[0] + counts[1])
-    if status >= 0:
-        _raise_divergence(problem, lam, gamma, gvals[0], value, status, sampler is not None)
-    check_finite_result(label, value, h, WT)
     stride = value_stride(T, gvals.shape[0])
+    if status >= 0:
+        iv = gvals[:-(-T // stride)].copy()
+        iv[status // stride + 1:] = np.nan         # the values up to the divergence
+        _raise_divergence(problem, lam, gamma, gvals[0], value, status, sampler is not None,
+                          iv)
+    check_finite_result(label, value, h, WT)
     stats = {
         "method": None, "solver": solver, "steps": T, "step_size": gamma, "momentum": beta,
         "time_s": time.perf_counter() - t0,
@@ -292,13 +295,17 @@ def _run_actions(problem, lam, solver, steps, step_size, w0, momentum, make_sche
     return (r, GF) if outer_grad else r
 
 
-def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False):
+def _raise_divergence(problem, lam, gamma, g0, gt, t, minibatch=False, inner_values=None):
+    """Raise the DivergenceError of an inner loop that diverged at step t; it
+    carries the recorded inner values (``.inner_values``, NaN past t)."""
     L = problem.lipschitz(lam, per_sample=minibatch)
     what = "g on a minibatch (per-sample bound)" if minibatch else "g"
-    raise DivergenceError(
+    e = DivergenceError(
         f"step_size={gamma:.4g} makes the inner loop diverge: g went from "
         f"{g0:.4g} to {gt:.4g} at step {t}. The smoothness of {what} is "
         f"about L={L:.4g}; gradient descent needs step_size < 2/L = {2 / L:.4g}")
+    e.inner_values = inner_values
+    raise e
 
 
 def solve(problem, lam, solver="gd", steps=100, step_size=None, w0=None, *,

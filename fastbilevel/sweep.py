@@ -21,11 +21,9 @@ from ._checks import (DivergenceError, check_step_size, fmt_bytes,
                       resolve_momentum, resolve_step_size, smoothness)
 from ._chunks import chunk_bounds, progress_bar, slice_opts
 from ._codes import CONVERGED, DIVERGED, NO_CURVATURE, STOPPED
-from ._interrupt import run_kernel
 from ._params import SOLVER, check_hypergradient_kw, given_keywords, refuse_unused
 from .hypergrad import (LINEAR_SOLVERS, SOLVERS, build_schedule, hypergradient, solve,
                         state_vectors)
-from .kernels.batched import implicit_solve_multi, run_schedule_multi
 from .kernels.unroll import value_stride
 from .problem import BilevelProblem
 
@@ -137,14 +135,15 @@ class _Layout:
     pages and cache lines: measured 1.8× faster gathers on the text
     problem), and Xᵀ in CSR form for the accumulation over columns. Users
     never see the permuted order: the per-feature inputs are permuted on the
-    way in and every output un-permuted on the way out. Dense data is used
-    as is (``perm`` None)."""
+    way in and every output un-permuted on the way out. Dense data, and any
+    data of a GPU problem (its backend keeps its own transpose), is used as
+    is (``perm`` None)."""
 
     def __init__(self, problem):
         self.perm = None
         self.train, self.val = problem.train, problem.val
         self.trainT = self.valT = None
-        if not problem.sparse:
+        if not problem.sparse or problem.device != "cpu":
             return
         import scipy.sparse as sp
         d = problem.d
@@ -254,10 +253,6 @@ def _choose_strategy(problem, method, solver, strategy, B):
     there are fewer than ``CSR_ROWS_MIN_SETTINGS`` settings: then
     "settings"."""
     _checks.check_choice("strategy", strategy, STRATEGIES)
-    if problem.device != "cpu":     # no batched GPU kernels yet
-        if strategy == "rows":
-            _checks.require_cpu(problem, "sweep(strategy='rows') (the batched kernels)")
-        return "settings"
     can = _batchable(method, solver)
     if strategy == "rows":
         if not can:
@@ -269,6 +264,8 @@ def _choose_strategy(problem, method, solver, strategy, B):
         return "rows"
     if strategy == "settings" or not can:
         return "settings"
+    if problem.device != "cpu":     # a GPU runs the settings as grid rows: always batch
+        return "rows"
     if problem.sparse and B < CSR_ROWS_MIN_SETTINGS:
         return "settings"
     threads = numba.get_num_threads()
@@ -469,8 +466,8 @@ def _run_rows(problem, lams, opts):
     lay = _layout(problem)
     RD = lay.features_in(RD)
     PRIOR = lay.features_in(PRIOR)
-    WT, fvals, status, counts, GF = run_kernel(
-        run_schedule_multi, lay.train, lay.trainT, A, DA, problem._model, problem._hyper, RD,
+    WT, fvals, status, counts, GF = problem.backend.run_schedule_multi(
+        lay.train, lay.trainT, A, DA, problem._model, problem._hyper, RD,
         PRIOR, lay.val, lay.valT, SOLVERS[solver], gammas, betas, lay.features_in(W0), T,
         sched.actions, sched.nslots, sched.buf_len, gvals, H, nch)
     passes = int(counts[0] + counts[1])
@@ -534,8 +531,8 @@ def _implicit_rows(problem, lay, lams, A, DA, RD, WT, GF, status, opts, stats):
     Bv = np.where(alive[:, None, None], GF, 0.0)
     nch = problem.backend.nchunks()
     H = np.zeros((B, problem.dim_lam))
-    v, resid, its, lstat = run_kernel(
-        implicit_solve_multi, lay.train, lay.trainT, A, DA, problem._model, problem._hyper, RD,
+    v, resid, its, lstat = problem.backend.implicit_solve_multi(
+        lay.train, lay.trainT, A, DA, problem._model, problem._hyper, RD,
         WTs, Bv, V0, LINEAR_SOLVERS[ls], Kls, tol, etas, alphas, lbetas, H, nch)
     extra = int(its.max(initial=0)) + 1 + int(problem.hyper == "sample_weights")
     failed = (lstat == DIVERGED) | (lstat == NO_CURVATURE) | (lstat == STOPPED)
@@ -636,8 +633,11 @@ def _run_settings(problem, lams, opts):
 def _collect_settings(problem, lams, results, errors, opts):
     method, solver, T = opts["method"], opts["solver"], opts["steps"]
     B = lams.shape[0]
-    nv = max([r.stats["inner_values"].shape[0] for r in results if r is not None
-              and "inner_values" in r.stats] + [1])
+    # a diverged setting keeps the values recorded up to its divergence (NaN
+    # after), as on the batched kernels
+    ivs = [r.stats.get("inner_values") if r is not None else
+           getattr(errors[b], "inner_values", None) for b, r in enumerate(results)]
+    nv = max([iv.shape[0] for iv in ivs if iv is not None] + [1])
     gvals = np.full((B, nv), np.nan)
     value = np.full(B, np.nan)
     w = np.full((B,) + problem.w_shape, np.nan)
@@ -648,6 +648,8 @@ def _collect_settings(problem, lams, results, errors, opts):
     passes = 0
     held = 0
     for b, r in enumerate(results):
+        if ivs[b] is not None:
+            gvals[b, :ivs[b].shape[0]] = ivs[b]
         if r is None:
             diverged_at[b] = _step_of(errors[b], T)
             continue
@@ -655,9 +657,6 @@ def _collect_settings(problem, lams, results, errors, opts):
         w[b] = r.w
         if grad is not None:
             grad[b] = r.grad
-        iv = r.stats.get("inner_values")
-        if iv is not None:
-            gvals[b, :iv.shape[0]] = iv
         gam[b] = r.stats.get("step_size", np.nan)
         mom[b] = r.stats.get("momentum", np.nan) or 0.0
         passes += int(r.stats.get("passes", 0))

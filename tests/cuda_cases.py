@@ -48,9 +48,28 @@ def _cases():
     for m in MODELS:    # forward mode's per-map tangent terms, every map
         for h in ("sample_weights", "l2", "init"):
             out.append((f"forward-{m}-{h}-dense64", m, h, "dense64", "forward", {}))
-    # sweep: setting by setting on the GPU (the CPU runs its batched kernels)
-    for m, h, f in (("logistic", "l2", "dense64"), ("multinomial", "feature_l2", "csr64")):
-        out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
+    # sweep: the GPU runs its batched kernels (3 settings in lockstep, one
+    # grid row each) on every model × map × format; every batched method and
+    # solver on two problems; setting by setting; one setting diverging
+    for m in MODELS:
+        for h in HYPERS:
+            for f in ("dense64", "csr64"):
+                out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
+    for m, h, f in (("logistic", "sample_weights", "dense64"),
+                    ("multinomial", "feature_l2", "csr64")):
+        for tag, kw in (("checkpointed", {"method": "checkpointed", "snapshots": 2}),
+                        ("recompute", {"method": "recompute"}),
+                        ("truncated", {"method": "truncated", "K": 2}),
+                        ("solve", {"method": "solve"}),
+                        ("implicitcg", {"method": "implicit", "K": 30}),
+                        ("implicitneumann", {"method": "implicit", "K": 8,
+                                             "linear_solver": "neumann"}),
+                        ("implicitheavy_ball", {"method": "implicit", "K": 8,
+                                                "linear_solver": "heavy_ball"}),
+                        ("heavy_ball", {"solver": "heavy_ball"}), ("agd", {"solver": "agd"}),
+                        ("settings", {"strategy": "settings"}),
+                        ("diverging", {"step_size": [STEP, 80.0, STEP], "check_step": False})):
+            out.append((f"sweep{tag}-{m}-{h}-{f}", m, h, f, "sweep", kw))
     # stochastic estimators, on the same batches as the CPU (the sampler's
     # hash compiled for the device): stocBiO on every model × map × format
     # but init (it does not apply), with and without replacement
@@ -90,7 +109,13 @@ CASES = _cases()
 def problem_of(case):
     from conftest import make_problem, random_lam
     _, m, h, f, _, _ = case
-    prob, _ = make_problem(m, h, f, n=12, m=5, d=4)
+    prob, spec = make_problem(m, h, f, n=12, m=5, d=4)
+    if not case[0].startswith("default-step"):
+        # λ_max(XᵀX/n) for the step-size check, in closed form on both devices
+        # (the default-step case runs the 50-pass power iteration on the GPU)
+        X = spec.X.toarray() if hasattr(spec.X, "toarray") else np.asarray(spec.X)
+        X = X.astype(np.float64)
+        prob._data_sq_norm = float(np.linalg.eigvalsh(X.T @ X / X.shape[0])[-1])
     return prob, random_lam(prob)
 
 
@@ -143,8 +168,13 @@ def run_case(prob, lam, case):
                 "moved": np.float64(np.max(np.abs(np.asarray(r.lam) - lam)))}
     if what == "sweep":
         lams = np.stack([lam + 0.3 * k for k in range(3)])
-        r = fb.sweep(prob, lams, method="reverse", steps=4, **kw)
-        return {"grad": np.asarray(r.grad, dtype=float), "value": r.value, "w": r.w}
+        kw.setdefault("method", "reverse")
+        r = fb.sweep(prob, lams, steps=4, **kw)
+        out = {"value": r.value, "w": r.w, "diverged": r.stats["diverged"],
+               "inner_values": r.stats["inner_values"]}
+        if r.grad is not None:
+            out["grad"] = np.asarray(r.grad, dtype=float)
+        return out
     if what == "solve":
         r = fb.solve(prob, lam, steps=4, **kw)
         return {"value": np.float64(r.value), "w": r.w,
@@ -158,12 +188,10 @@ def run_case(prob, lam, case):
 def refusals():
     """What a GPU problem refuses: name → the error's type and message."""
     import fastbilevel as fb
-    from conftest import make_problem, random_lam
+    from conftest import make_problem
     prob, _ = make_problem("logistic", "l2", "dense64", n=12, m=5, d=4)
     g = prob.to("cuda")
-    lam = random_lam(prob)
     calls = {
-        "sweep_rows": lambda: fb.sweep(g, np.zeros((2,)), steps=2, strategy="rows"),
         "sweep_client": lambda: fb.sweep(g, np.zeros((2,)), steps=2, client=object()),
         "soba": lambda: fb.minimize(g, np.zeros(()), method="soba", iters=2),
     }

@@ -11,9 +11,10 @@ from fastbilevel.backend import CPU, CPUBackend
 
 ENTRY_POINTS = {"oracle_pass", "oracle_pass_rows", "run_schedule", "forward_mode",
                 "implicit_solve", "stocbio_run", "fsla_run", "meta_gradient", "task_pass", "reg_value",
-                "reg_grad_add", "reg_hvp_add", "cross_add"}
+                "reg_grad_add", "reg_hvp_add", "cross_add", "run_schedule_multi",
+                "implicit_solve_multi"}
 PY_LAYER = ["problem.py", "hypergrad.py", "stochastic.py", "meta.py", "minimize.py",
-            "datasets.py"]
+            "datasets.py", "sweep.py"]
 
 
 @pytest.mark.parametrize("module", PY_LAYER)
@@ -71,6 +72,14 @@ def test_every_method_runs_through_the_backend():
     rec.calls.clear()
     fb.minimize(p, lam, "fsla", iters=4, batch_size=16, eval_every=4)
     assert "fsla_run" in rec.calls
+    lams = np.zeros((3, p.n))
+    for method, entry in (("reverse", "run_schedule_multi"),
+                          ("implicit", "implicit_solve_multi")):
+        rec.calls.clear()
+        got = fb.sweep(p, lams, method, steps=5, strategy="rows")
+        want = fb.sweep(cpu, lams, method, steps=5, strategy="rows")
+        assert entry in rec.calls, (method, rec.calls)
+        assert np.array_equal(got.grad, want.grad)
     rec.calls.clear()
     w = np.zeros(p.w_shape)
     p.inner_grad(w, lam)

@@ -163,8 +163,16 @@ def test_divergent_setting_is_flagged_and_the_others_unaffected():
         r = fb.hypergradient(prob, lams[b], steps=20, step_size=steps[b])
         assert naive.rel_err(sw.grad[b], r.grad) <= 1e-12
     assert sw.best in (0, 2)
-    with pytest.raises(fb.DivergenceError):
+    with pytest.raises(fb.DivergenceError) as err:
         fb.hypergradient(prob, lams[1], steps=20, step_size=steps[1], check_step=False)
+    # both strategies keep the diverged setting's inner values up to its divergence
+    t = sw.stats["diverged_at"][1]
+    other = fb.sweep(prob, lams, steps=20, step_size=steps, check_step=False,
+                     strategy="rows" if sw.stats["strategy"] == "settings" else "settings")
+    for r in (sw, other):
+        iv = r.stats["inner_values"][1]
+        assert np.isfinite(iv[:t + 1]).all() and np.isnan(iv[t + 1:]).all()
+        assert naive.rel_err(iv[:t + 1], err.value.inner_values[:t + 1]) <= 1e-12
 
 
 def test_trajectory_memory_is_refused_with_a_pointer_to_checkpointed():

@@ -23,8 +23,20 @@ run and every GPU):
   X), the tiles' partial sums added in tile order by a second kernel. CSR:
   a thread per feature walks the stored transpose (CSC) of X, in row order.
 
+The pass kernels take a leading settings axis: B settings (a sweep's
+hyperparameters, each with its own W, sample weights, ridge diagonal and
+step size) run in lockstep, one grid row of blocks per setting, each pass
+serving all of them; a single setting is B = 1. The O(dim w) vector
+kernels work on flat views of (B, c, d) arrays with per-setting scalars
+given as arrays.
+
 Sums over rows (the loss) and dot products are two kernels: strided
-per-thread partial sums, then one thread adding them in order.
+per-thread partial sums per setting, then a thread per setting adding its
+partial sums in order.
+
+Minibatches are drawn on the device by the CPU's counter-based sampler
+(:mod:`.sampling`, compiled as device functions the same way), so a seed
+draws the same rows on either device.
 
 This first version has no shared-memory tiles and no warp reductions: it
 is written to be right and deterministic, and has not been timed on a GPU.
@@ -130,21 +142,29 @@ def _py_sampler_kernels():
 
 
 def _py_kernels(C, TPB):
-    """The kernels for C classes and TPB threads per block, as Python functions."""
+    """The kernels for C classes and TPB threads per block, as Python functions.
+
+    The pass kernels take a leading settings axis (B settings in lockstep,
+    one per grid row: ``blockIdx.y``, or ``blockIdx.z`` for ``cols_dense``):
+    W, V (B, C, d); A (B, n) sample weights or (B, 0); CG, CH (B, ≥ n, C);
+    LV (B, ≥ n); CR (B, ≥ n) or (B, 0). A single setting is B = 1."""
     row_coefs, weight_of = row_math()
 
-    def rows_dense(X, rows, r0, r1, y, a, model, W, V, want_grad, want_hvp, inv_n, CG, CH,
+    def rows_dense(X, rows, r0, r1, y, A, model, W, V, want_grad, want_hvp, inv_n, CG, CH,
                    LV, CR):
-        """Row coefficients of positions r0..r1−1: row p, or row rows[p] of a
-        minibatch (``rows`` not empty); outputs by position (see the module
-        docstring)."""
+        """Row coefficients of positions r0..r1−1 of setting s: row p, or row
+        rows[p] of a minibatch (``rows`` not empty); outputs by position (see
+        the module docstring)."""
         z = cuda.local.array(C, float64)
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
+        s = cuda.blockIdx.y
+        Ws, Vs, a, cr = W[s], V[s], A[s], CR[s]
         d = X.shape[1]
-        want_u = want_hvp or CR.shape[0] > 0
-        for p in range(r0 + cuda.grid(1), r1, cuda.gridsize(1)):
+        want_u = want_hvp or cr.shape[0] > 0
+        for p in range(r0 + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, r1,
+                       cuda.gridDim.x * cuda.blockDim.x):
             i = rows[p] if rows.shape[0] > 0 else p
             for k in range(C):
                 z[k] = 0.0
@@ -152,14 +172,14 @@ def _py_kernels(C, TPB):
             for j in range(d):
                 x = X[i, j]
                 for k in range(C):
-                    z[k] += W[k, j] * x
+                    z[k] += Ws[k, j] * x
                 if want_u:
                     for k in range(C):
-                        u[k] += V[k, j] * x
-            LV[p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
-                              want_hvp, CG[p], CH[p], CR, p, dl, hu)
+                        u[k] += Vs[k, j] * x
+            LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
+                                 want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
 
-    def rows_csr(indptr, indices, data, rows, r0, r1, y, a, model, W, V, want_grad,
+    def rows_csr(indptr, indices, data, rows, r0, r1, y, A, model, W, V, want_grad,
                  want_hvp, inv_n, CG, CH, LV, CR):
         """Row coefficients of positions r0..r1−1 of a CSR design (as
         ``rows_dense``)."""
@@ -167,8 +187,11 @@ def _py_kernels(C, TPB):
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
-        want_u = want_hvp or CR.shape[0] > 0
-        for p in range(r0 + cuda.grid(1), r1, cuda.gridsize(1)):
+        s = cuda.blockIdx.y
+        Ws, Vs, a, cr = W[s], V[s], A[s], CR[s]
+        want_u = want_hvp or cr.shape[0] > 0
+        for p in range(r0 + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, r1,
+                       cuda.gridDim.x * cuda.blockDim.x):
             i = rows[p] if rows.shape[0] > 0 else p
             for k in range(C):
                 z[k] = 0.0
@@ -177,21 +200,21 @@ def _py_kernels(C, TPB):
                 j = indices[q]
                 x = data[q]
                 for k in range(C):
-                    z[k] += W[k, j] * x
+                    z[k] += Ws[k, j] * x
                 if want_u:
                     for k in range(C):
-                        u[k] += V[k, j] * x
-            LV[p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
-                              want_hvp, CG[p], CH[p], CR, p, dl, hu)
+                        u[k] += Vs[k, j] * x
+            LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
+                                 want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
 
-    def cols_dense(X, rows, CG, CH, want_grad, want_hvp, PG, PH):
-        """PG[t, k, j] = Σ_{p in tile t} CG[p, k] X[i_p, j] (PH likewise from
-        CH), i_p = p or rows[p]: grid (feature blocks, position tiles)."""
+    def cols_dense(X, rows, npos, CG, CH, want_grad, want_hvp, PG, PH):
+        """PG[s, t, k, j] = Σ_{p in tile t} CG[s, p, k] X[i_p, j] (PH likewise
+        from CH), i_p = p or rows[p], p < npos: grid (feature blocks, position
+        tiles, settings)."""
         j = cuda.blockIdx.x * TPB + cuda.threadIdx.x
         t = cuda.blockIdx.y
-        d = X.shape[1]
-        n = rows.shape[0] if rows.shape[0] > 0 else X.shape[0]
-        if j >= d:
+        s = cuda.blockIdx.z
+        if j >= X.shape[1]:
             return
         ag = cuda.local.array(C, float64)
         ah = cuda.local.array(C, float64)
@@ -199,24 +222,25 @@ def _py_kernels(C, TPB):
             ag[k] = 0.0
             ah[k] = 0.0
         end = (t + 1) * ROW_TILE
-        for p in range(t * ROW_TILE, n if n < end else end):
+        for p in range(t * ROW_TILE, npos if npos < end else end):
             x = X[rows[p] if rows.shape[0] > 0 else p, j]
             if want_grad:
                 for k in range(C):
-                    ag[k] += CG[p, k] * x
+                    ag[k] += CG[s, p, k] * x
             if want_hvp:
                 for k in range(C):
-                    ah[k] += CH[p, k] * x
+                    ah[k] += CH[s, p, k] * x
         for k in range(C):
             if want_grad:
-                PG[t, k, j] = ag[k]
+                PG[s, t, k, j] = ag[k]
             if want_hvp:
-                PH[t, k, j] = ah[k]
+                PH[s, t, k, j] = ah[k]
 
     def cols_csc(cptr, crow, cval, CG, CH, want_grad, want_hvp, G, HV):
-        """G[k, j] = Σ_i CG[i, k] X[i, j] over column j's nonzeros in row order
-        (HV likewise): a thread per feature."""
-        j = cuda.grid(1)
+        """G[s, k, j] = Σ_i CG[s, i, k] X[i, j] over column j's nonzeros in row
+        order (HV likewise): a thread per feature, grid (features, settings)."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
         if j >= cptr.shape[0] - 1:
             return
         ag = cuda.local.array(C, float64)
@@ -224,26 +248,28 @@ def _py_kernels(C, TPB):
         for k in range(C):
             ag[k] = 0.0
             ah[k] = 0.0
-        for p in range(cptr[j], cptr[j + 1]):
-            i = crow[p]
-            x = cval[p]
+        for q in range(cptr[j], cptr[j + 1]):
+            i = crow[q]
+            x = cval[q]
             if want_grad:
                 for k in range(C):
-                    ag[k] += CG[i, k] * x
+                    ag[k] += CG[s, i, k] * x
             if want_hvp:
                 for k in range(C):
-                    ah[k] += CH[i, k] * x
+                    ah[k] += CH[s, i, k] * x
         for k in range(C):
             if want_grad:
-                G[k, j] = ag[k]
+                G[s, k, j] = ag[k]
             if want_hvp:
-                HV[k, j] = ah[k]
+                HV[s, k, j] = ah[k]
 
     def scatter_runs(rows, CG, CH, want_grad, want_hvp, RG, RH):
-        """RG[i, k] = Σ_{p: rows[p] = i} CG[p, k] (RH likewise from CH) for a
-        sorted minibatch: the thread at the first position of each run of
-        equal rows adds the run in order (other rows of RG are left alone)."""
-        p = cuda.grid(1)
+        """RG[s, i, k] = Σ_{p: rows[p] = i} CG[s, p, k] (RH likewise from CH)
+        for a sorted minibatch: the thread at the first position of each run
+        of equal rows adds the run in order (other rows of RG are left
+        alone); grid (positions, settings)."""
+        p = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
         b = rows.shape[0]
         if p < b and (p == 0 or rows[p - 1] != rows[p]):
             i = rows[p]
@@ -252,16 +278,16 @@ def _py_kernels(C, TPB):
                 sh = 0.0
                 q = p
                 while q < b and rows[q] == i:
-                    sg += CG[q, k]
-                    sh += CH[q, k]
+                    sg += CG[s, q, k]
+                    sh += CH[s, q, k]
                     q += 1
                 if want_grad:
-                    RG[i, k] = sg
+                    RG[s, i, k] = sg
                 if want_hvp:
-                    RH[i, k] = sh
+                    RH[s, i, k] = sh
 
     def row_axpy_dense(X, i, coef, CG, out):
-        """out[k, :] += coef · CG[i, k] · x_i (one dense row)."""
+        """out[k, :] += coef · CG[i, k] · x_i (one dense row, one setting)."""
         j = cuda.grid(1)
         if j < X.shape[1]:
             x = X[i, j]
@@ -269,7 +295,7 @@ def _py_kernels(C, TPB):
                 out[k, j] += coef * CG[i, k] * x
 
     def row_axpy_csr(indptr, indices, data, i, coef, CG, out):
-        """out[k, :] += coef · CG[i, k] · x_i (one CSR row)."""
+        """out[k, :] += coef · CG[i, k] · x_i (one CSR row, one setting)."""
         q = cuda.grid(1)
         p = indptr[i] + q
         if p < indptr[i + 1]:
@@ -277,14 +303,16 @@ def _py_kernels(C, TPB):
             for k in range(C):
                 out[k, indices[p]] += coef * CG[i, k] * x
 
-    def cross_feature(h, scale, rdiag, W, V):
-        """h[j] += scale · rdiag[j] · ⟨W[:, j], V[:, j]⟩ (feature_l2's J·v)."""
-        j = cuda.grid(1)
-        if j < W.shape[1]:
-            s = 0.0
+    def cross_feature(H, scales, RD, W, V):
+        """H[s, j] += scales[s] · RD[s, j] · ⟨W[s, :, j], V[s, :, j]⟩
+        (feature_l2's J·v): grid (features, settings)."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        if j < W.shape[2]:
+            acc = 0.0
             for k in range(C):
-                s += W[k, j] * V[k, j]
-            h[j] += scale * rdiag[j] * s
+                acc += W[s, k, j] * V[s, k, j]
+            H[s, j] += scales[s] * RD[s, j] * acc
 
     return {"rows_dense": rows_dense, "rows_csr": rows_csr, "cols_dense": cols_dense,
             "cols_csc": cols_csc, "scatter_runs": scatter_runs,
@@ -293,35 +321,44 @@ def _py_kernels(C, TPB):
 
 
 # ----------------------------------------------------------- vector kernels
-# (C-independent; flat views of (c, d) arrays, ``d`` the feature count)
+# (C-independent) on flat views of (B, c, d) arrays: ``per`` = c·d entries
+# per setting, setting s = e // per; per-setting scalars come as arrays of
+# length B (gammas, betas, scales), per-setting feature arrays as flat
+# (B·d) views (rdiag), ``d`` the feature count.
 
-def _partial_sums(v, part):
-    """part[t] = Σ_{e ≡ t (mod len(part))} v[e], in increasing e."""
-    t = cuda.grid(1)
-    if t < part.shape[0]:
-        s = 0.0
-        for e in range(t, v.shape[0], part.shape[0]):
-            s += v[e]
-        part[t] = s
-
-
-def _partial_dots(x, y, part):
-    """part[t] = Σ_{e ≡ t (mod len(part))} x[e] y[e], in increasing e."""
-    t = cuda.grid(1)
-    if t < part.shape[0]:
-        s = 0.0
-        for e in range(t, x.shape[0], part.shape[0]):
-            s += x[e] * y[e]
-        part[t] = s
+def _partial_sums(v, part, per, stride, nparts):
+    """part[s·nparts + t] = Σ_{e < per, e ≡ t (mod nparts)} v[s·stride + e],
+    in increasing e (setting s's entries start at s·stride)."""
+    q = cuda.grid(1)
+    if q < part.shape[0]:
+        s = q // nparts
+        t = q - s * nparts
+        acc = 0.0
+        for e in range(t, per, nparts):
+            acc += v[s * stride + e]
+        part[q] = acc
 
 
-def _sum_parts(part, out, slot):
-    """out[slot] = Σ part, in order (one thread)."""
-    if cuda.grid(1) == 0:
-        s = 0.0
-        for t in range(part.shape[0]):
-            s += part[t]
-        out[slot] = s
+def _partial_dots(x, y, part, per, nparts):
+    """part[s·nparts + t] = Σ_{e ≡ t (mod nparts)} x y over setting s, in increasing e."""
+    q = cuda.grid(1)
+    if q < part.shape[0]:
+        s = q // nparts
+        t = q - s * nparts
+        acc = 0.0
+        for e in range(t, per, nparts):
+            acc += x[s * per + e] * y[s * per + e]
+        part[q] = acc
+
+
+def _sum_parts(part, out, nparts):
+    """out[s] = Σ_t part[s·nparts + t], in order (a thread per setting)."""
+    s = cuda.grid(1)
+    if s < out.shape[0]:
+        acc = 0.0
+        for t in range(nparts):
+            acc += part[s * nparts + t]
+        out[s] = acc
 
 
 def _copy(dst, src):
@@ -338,48 +375,56 @@ def _fill(dst, value):
         dst[e] = value
 
 
-def _sum_tiles(P, out):
-    """out[e] = Σ_t P[t, e], in tile order."""
+def _sum_tiles(P, out, ntiles, cap, per):
+    """out[s·per + f] = Σ_{t < ntiles} P[(s·cap + t)·per + f], in tile order
+    (P is (B, cap ≥ ntiles, per))."""
     e = cuda.grid(1)
     if e < out.shape[0]:
-        s = P[0, e]
-        for t in range(1, P.shape[0]):
-            s += P[t, e]
-        out[e] = s
+        s = e // per
+        f = e - s * per
+        base = s * cap * per + f
+        acc = P[base]
+        for t in range(1, ntiles):
+            acc += P[base + t * per]
+        out[e] = acc
 
 
-def _solver_step(code, gamma, beta, A, B, G):
+def _solver_step(code, gammas, betas, A, B, G, per):
     """S → S' given G (gd: A only; heavy_ball: A = w_t, B = w_{t−1};
     agd: A = y_t, B = s_t)."""
     e = cuda.grid(1)
     if e < A.shape[0]:
+        gamma = gammas[e // per]
         if code == GD:
             A[e] -= gamma * G[e]
         elif code == HEAVY_BALL:
             a = A[e]
-            A[e] = a - gamma * G[e] + beta * (a - B[e])
+            A[e] = a - gamma * G[e] + betas[e // per] * (a - B[e])
             B[e] = a
         else:
             ynew = B[e] - gamma * G[e]
-            B[e] = ynew + beta * (ynew - A[e])
+            B[e] = ynew + betas[e // per] * (ynew - A[e])
             A[e] = ynew
 
 
-def _adjoint_pre(beta, P, Q, Yt):
+def _adjoint_pre(betas, P, Q, Yt, per):
     """agd before the pass: Yt = −βQ, P += (1+β)Q."""
     e = cuda.grid(1)
     if e < P.shape[0]:
+        beta = betas[e // per]
         Yt[e] = -beta * Q[e]
         P[e] += (1.0 + beta) * Q[e]
 
 
-def _adjoint_post(code, gamma, beta, P, Q, HP, Yt):
+def _adjoint_post(code, gammas, betas, P, Q, HP, Yt, per):
     """The adjoint update after the pass, HP = ∇²g(p_t)P."""
     e = cuda.grid(1)
     if e < P.shape[0]:
+        gamma = gammas[e // per]
         if code == GD:
             P[e] -= gamma * HP[e]
         elif code == HEAVY_BALL:
+            beta = betas[e // per]
             p = P[e]
             P[e] = (1.0 + beta) * p - gamma * HP[e] - beta * Q[e]
             Q[e] = p
@@ -388,71 +433,74 @@ def _adjoint_post(code, gamma, beta, P, Q, HP, Yt):
             P[e] = Yt[e]
 
 
-def _w0_adjoint(code, beta, P, Q, h):
+def _w0_adjoint(code, betas, P, Q, h, per):
     """h += adjoint of w_0: P (gd), P − βQ (heavy_ball), P + Q (agd)."""
     e = cuda.grid(1)
     if e < P.shape[0]:
         if code == GD:
             h[e] += P[e]
         elif code == HEAVY_BALL:
-            h[e] += P[e] - beta * Q[e]
+            h[e] += P[e] - betas[e // per] * Q[e]
         else:
             h[e] += P[e] + Q[e]
 
 
-def _reg_terms(rdiag, prior, W, out, d):
-    """out[e] = rdiag_j (W − prior)², j = e mod d (prior empty: 0)."""
+def _reg_terms(rdiag, prior, W, out, d, per):
+    """out[e] = rdiag_{s, j} (W − prior)², j = e mod d (prior empty: 0)."""
     e = cuda.grid(1)
     if e < W.shape[0]:
         w = W[e] - prior[e] if prior.shape[0] > 0 else W[e]
-        out[e] = rdiag[e % d] * w * w
+        out[e] = rdiag[(e // per) * d + e % d] * w * w
 
 
-def _reg_grad_add(rdiag, prior, W, G, d):
+def _reg_grad_add(rdiag, prior, W, G, d, per):
     """G += rdiag ⊙ (W − prior)."""
     e = cuda.grid(1)
     if e < W.shape[0]:
         w = W[e] - prior[e] if prior.shape[0] > 0 else W[e]
-        G[e] += rdiag[e % d] * w
+        G[e] += rdiag[(e // per) * d + e % d] * w
 
 
-def _reg_hvp_add(rdiag, V, HV, d):
+def _reg_hvp_add(rdiag, V, HV, d, per):
     """HV += rdiag ⊙ V."""
     e = cuda.grid(1)
     if e < V.shape[0]:
-        HV[e] += rdiag[e % d] * V[e]
+        HV[e] += rdiag[(e // per) * d + e % d] * V[e]
 
 
-def _cross_sw(h, scale, da, cross):
-    """sample_weights: h[i] += scale σ'(λ_i) cross[i]."""
-    i = cuda.grid(1)
-    if i < cross.shape[0]:
-        h[i] += scale * da[i] * cross[i]
+def _cross_sw(h, scales, da, cross, per):
+    """sample_weights: h[s, i] += scales[s] σ'(λ_{s,i}) cross[s, i] (per = n)."""
+    e = cuda.grid(1)
+    if e < cross.shape[0]:
+        h[e] += scales[e // per] * da[e] * cross[e]
 
 
-def _cross_biased(h, scale, rdiag, V, d):
-    """biased_l2: h[e] −= scale · rdiag_j V[e]."""
+def _cross_biased(h, scales, rdiag, V, d, per):
+    """biased_l2: h[e] −= scales[s] · rdiag_{s, j} V[e]."""
     e = cuda.grid(1)
     if e < V.shape[0]:
-        h[e] -= scale * rdiag[e % d] * V[e]
+        s = e // per
+        h[e] -= scales[s] * rdiag[s * d + e % d] * V[e]
 
 
-def _add_scalar(h, i, coef, src, slot):
-    """h[i] += coef · src[slot] (one thread)."""
-    if cuda.grid(1) == 0:
-        h[i] += coef * src[slot]
+def _add_scaled(h, hper, scales, src):
+    """h[s·hper] += scales[s] · src[s] (l2's J·v: a thread per setting)."""
+    s = cuda.grid(1)
+    if s < scales.shape[0]:
+        h[s * hper] += scales[s] * src[s]
 
 
-def _lincomb(out, a, x, b, y):
-    """out = a x + b y (out may be x or y)."""
+def _lincomb(out, a, x, b, y, per):
+    """out = a_s x + b_s y per setting (a, b arrays of length B; out may be x or y)."""
     e = cuda.grid(1)
     if e < out.shape[0]:
-        out[e] = a * x[e] + b * y[e]
+        s = e // per
+        out[e] = a[s] * x[e] + b[s] * y[e]
 
 
 def _tangent_extra(hyper, j, d, rdiag, p, HV):
-    """The map's ∂_{λ_j}∇_w g part of a forward tangent (not sample_weights):
-    feature_l2 HV[:, j] += rdiag_j p[:, j]; l2 HV += rdiag_0 p;
+    """The map's ∂_{λ_j}∇_w g part of a forward tangent (not sample_weights;
+    one setting): feature_l2 HV[:, j] += rdiag_j p[:, j]; l2 HV += rdiag_0 p;
     biased_l2 HV[j] −= rdiag_{j mod d}."""
     e = cuda.grid(1)
     if e < HV.shape[0]:
@@ -467,18 +515,18 @@ def _tangent_extra(hyper, j, d, rdiag, p, HV):
 
 
 def _cross_sw_rows(h, scale, da, rows, cross):
-    """sample_weights on a sorted minibatch: h[i] += scale σ'(λ_i) Σ_{p:
-    rows[p] = i} cross[p] (a thread per run of equal rows)."""
+    """sample_weights on a sorted minibatch (one setting): h[i] += scale
+    σ'(λ_i) Σ_{p: rows[p] = i} cross[p] (a thread per run of equal rows)."""
     p = cuda.grid(1)
     b = rows.shape[0]
     if p < b and (p == 0 or rows[p - 1] != rows[p]):
         i = rows[p]
-        s = 0.0
+        acc = 0.0
         q = p
         while q < b and rows[q] == i:
-            s += cross[q]
+            acc += cross[q]
             q += 1
-        h[i] += scale * da[i] * s
+        h[i] += scale * da[i] * acc
 
 
 def _fsla_state(W, V, G, P, HV, tau, beta):
@@ -495,7 +543,7 @@ VECTOR_KERNELS = {
     "solver_step": _solver_step, "adjoint_pre": _adjoint_pre,
     "adjoint_post": _adjoint_post, "w0_adjoint": _w0_adjoint, "reg_terms": _reg_terms,
     "reg_grad_add": _reg_grad_add, "reg_hvp_add": _reg_hvp_add, "cross_sw": _cross_sw,
-    "cross_biased": _cross_biased, "add_scalar": _add_scalar, "lincomb": _lincomb,
+    "cross_biased": _cross_biased, "add_scaled": _add_scaled, "lincomb": _lincomb,
     "tangent_extra": _tangent_extra, "cross_sw_rows": _cross_sw_rows,
     "fsla_state": _fsla_state,
 }
@@ -533,29 +581,30 @@ def ptx_signatures(C, xdtype):
     """Argument types of every kernel (name → tuple), as the backend
     launches them, for ``numba.cuda.compile_ptx``; ``xdtype`` is the data's
     float type (float32 or float64)."""
-    f1, f2, f3 = float64[::1], float64[:, ::1], float64[:, :, ::1]
+    f1, f2, f3, f4 = float64[::1], float64[:, ::1], float64[:, :, ::1], float64[:, :, :, ::1]
     x = {np.float32: float32, np.float64: float64}[np.dtype(xdtype).type]
     X, xv, i1 = x[:, ::1], x[::1], int64[::1]
     B, I, F = boolean, int64, float64
-    rows = (i1, int64, int64, f1, f1, I, f2, f2, B, B, F, f2, f2, f1, f1)
+    rows = (i1, int64, int64, f1, f2, I, f3, f3, B, B, F, f3, f3, f2, f2)
     return {
         "rows_dense": (X,) + rows,
         "rows_csr": (i1, int32[::1], xv) + rows,
-        "cols_dense": (X, i1, f2, f2, B, B, f3, f3),
-        "cols_csc": (i1, i1, xv, f2, f2, B, B, f2, f2),
-        "scatter_runs": (i1, f2, f2, B, B, f2, f2),
+        "cols_dense": (X, i1, I, f3, f3, B, B, f4, f4),
+        "cols_csc": (i1, i1, xv, f3, f3, B, B, f3, f3),
+        "scatter_runs": (i1, f3, f3, B, B, f3, f3),
+        "row_axpy_dense": (X, I, F, f2, f2),
+        "row_axpy_csr": (i1, int32[::1], xv, I, F, f2, f2),
+        "cross_feature": (f2, f1, f2, f3, f3),
         "draw_replace": (I, I, I, I, i1), "draw_shuffle": (I, I, I, I, i1, i1),
         "rank_sort": (i1, i1), "cross_sw_rows": (f1, F, f1, i1, f1),
         "fsla_state": (f1, f1, f1, f1, f1, F, F),
-        "row_axpy_dense": (X, I, F, f2, f2),
-        "row_axpy_csr": (i1, int32[::1], xv, I, F, f2, f2),
-        "cross_feature": (f1, F, f1, f2, f2),
-        "partial_sums": (f1, f1), "partial_dots": (f1, f1, f1), "sum_parts": (f1, f1, I),
-        "copy": (f1, f1), "fill": (f1, F), "sum_tiles": (f2, f1),
-        "solver_step": (I, F, F, f1, f1, f1), "adjoint_pre": (F, f1, f1, f1),
-        "adjoint_post": (I, F, F, f1, f1, f1, f1), "w0_adjoint": (I, F, f1, f1, f1),
-        "reg_terms": (f1, f1, f1, f1, I), "reg_grad_add": (f1, f1, f1, f1, I),
-        "reg_hvp_add": (f1, f1, f1, I), "cross_sw": (f1, F, f1, f1),
-        "cross_biased": (f1, F, f1, f1, I), "add_scalar": (f1, I, F, f1, I),
-        "lincomb": (f1, F, f1, F, f1), "tangent_extra": (I, I, I, f1, f1, f1),
+        "partial_sums": (f1, f1, I, I, I), "partial_dots": (f1, f1, f1, I, I),
+        "sum_parts": (f1, f1, I),
+        "copy": (f1, f1), "fill": (f1, F), "sum_tiles": (f1, f1, I, I, I),
+        "solver_step": (I, f1, f1, f1, f1, f1, I), "adjoint_pre": (f1, f1, f1, f1, I),
+        "adjoint_post": (I, f1, f1, f1, f1, f1, f1, I), "w0_adjoint": (I, f1, f1, f1, f1, I),
+        "reg_terms": (f1, f1, f1, f1, I, I), "reg_grad_add": (f1, f1, f1, f1, I, I),
+        "reg_hvp_add": (f1, f1, f1, I, I), "cross_sw": (f1, f1, f1, f1, I),
+        "cross_biased": (f1, f1, f1, f1, I, I), "add_scaled": (f1, I, f1, f1),
+        "lincomb": (f1, f1, f1, f1, f1, I), "tangent_extra": (I, I, I, f1, f1, f1),
     }
