@@ -327,9 +327,56 @@ def run_bench(problem, lam, methods, steps, repeats, peaks, step_size=None, spec
     return rows
 
 
+def run_peer_bench(problem, lam, peers, steps, repeats, rows, peaks, step_size=None):
+    """Time the reverse-mode hypergradient written the way a JAX or PyTorch
+    user would (:mod:`fastbilevel.peers`) on the same problem, λ, step size
+    and T as the ``reverse`` row: one row per installed peer (``method`` is
+    the peer's name) with its relative difference from fastbilevel's
+    reverse hypergradient (``peer_rel_err``), fastbilevel's speed-up over it
+    (``reverse_speedup``, where ``rows`` hold a reverse row) and the usual
+    roofline columns for the passes the method makes. Returns (rows, notes):
+    a peer that is not installed gives a note instead of a row."""
+    from . import peers as P
+    gamma = resolve_step_size(problem, lam, step_size)
+    ours = hypergradient(problem, lam, "reverse", steps=steps, step_size=gamma).grad
+    dt = str(problem.dtype)
+    rev = {r["method"]: r["median_s"] for r in rows if r["dtype"] == dt}
+    out, notes = [], []
+    for name in peers:
+        try:
+            fun = P.hypergradient(name, problem, lam, steps, gamma)
+        except P.PeerMissing as e:
+            notes.append(str(e))
+            continue
+        got = {}
+
+        def call():
+            got["grad"], got["value"] = fun()
+            return {"method": name, "steps": steps, "passes": 2 * steps,
+                    "gradient_passes": steps, "hvp_passes": steps, "val_passes": 1}
+        st, first, med, ts = _timed(call, repeats)
+        nbytes, flops = method_cost(problem, st)
+        bound = max(nbytes / (peaks["read_GBps"] * 1e9),
+                    flops / (compute_peak(peaks, problem.dtype) * 1e9))
+        out.append({
+            "method": name, "dtype": dt, "steps": steps, "first_call_s": first,
+            "median_s": med, "times_s": ts, "passes": st["passes"], "bytes": nbytes,
+            "flops": flops, "GBps": nbytes / med / 1e9, "GFLOPs": flops / med / 1e9,
+            "roofline_s": bound, "roofline_frac": bound / med,
+            "trajectory_bytes": steps * problem.dim_w * problem.dtype.itemsize,
+            "peer_rel_err": float(np.linalg.norm(got["grad"] - ours)
+                                  / max(np.linalg.norm(ours), 1e-300)),
+            "reverse_speedup": med / rev["reverse"] if "reverse" in rev else None,
+            "speedup_vs_numpy": (min(t for m, t in rev.items() if m.startswith("numpy")
+                                     and m.removesuffix("_free") == "numpy") / med
+                                 if "numpy" in rev else None),
+        })
+    return out, notes
+
+
 # the methods ``bench --device cuda`` also times on the GPU backend
 GPU_METHODS = ("reverse", "checkpointed", "recompute", "truncated", "forward", "implicit_cg",
-               "implicit_neumann", "implicit_hb", "solve")
+               "implicit_neumann", "implicit_hb", "solve", "stocbio", "fsla")
 
 
 def gpu_bandwidth(backend):
@@ -432,6 +479,36 @@ def run_sweep_bench(problem, B, steps, repeats, peaks, spec=None):
         r["speedup_vs_numpy"] = base / r["median_s"]
         r["speedup_vs_singles"] = singles / r["median_s"]
     return rows
+
+
+def run_gpu_sweep_bench(problem, B, steps, repeats, cpu_rows, peaks, bandwidth):
+    """Time the batched sweep of :func:`run_sweep_bench` on
+    ``problem.to("cuda")`` (same settings and step size): one row,
+    ``sweep[B]@cuda``, with the fraction of the GPU's memory bandwidth
+    (``bandwidth`` GB/s, None: unknown) and the speed-ups over the CPU's
+    batched sweep (``speedup_vs_cpu``) and its B single calls."""
+    from .sweep import sweep
+    g = problem.to("cuda")
+    lams = sweep_lams(problem, B)
+    gamma = min(resolve_step_size(problem, lam, None) for lam in lams)
+    passes, first, med, ts = _timed(
+        lambda: sweep(g, lams, steps=steps, step_size=gamma, strategy="rows").stats["passes"],
+        repeats)
+    b_tr, b_va = pass_costs(problem)
+    c = problem.c
+    one_flops = (4 * steps + 6 * steps) * problem.nnz * c + 4 * problem.nnz_val * c
+    row = _sweep_row(problem, "sweep", B, steps, passes, first, med, ts, b_tr, b_va, one_flops,
+                     peaks)
+    bound = row["bytes"] / (bandwidth * 1e9) if bandwidth else None
+    cpu = {r["method"]: r["median_s"] for r in cpu_rows if r["dtype"] == str(problem.dtype)}
+    row.update(method=f"sweep[{B}]@cuda", device=g.backend.device_name, roofline_s=bound,
+               roofline_frac=bound / med if bound else None,
+               speedup_vs_cpu=cpu[f"sweep[{B}]"] / med if f"sweep[{B}]" in cpu else None,
+               speedup_vs_singles=cpu[f"singles[{B}]"] / med if f"singles[{B}]" in cpu
+               else None)
+    np_best = [t for m, t in cpu.items() if m.startswith("numpy_sweep") and m.endswith(f"[{B}]")]
+    row["speedup_vs_numpy"] = min(np_best) / med if np_best else None
+    return row
 
 
 def _sweep_row(problem, name, B, steps, passes, first, med, ts, b_tr, b_va, one_flops, peaks):

@@ -14,7 +14,7 @@ from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_d
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
                      float32_error, machine_peaks, peak_rss_mb, run_bench, run_gpu_bench,
-                     run_sweep_bench)
+                     run_gpu_sweep_bench, run_peer_bench, run_sweep_bench)
 from ..cuda import DeviceError, check_available
 
 
@@ -96,13 +96,19 @@ def cli():
               help="cuda: also time the methods that run on the GPU backend (rows "
                    "<method>@cuda, with the fraction of the GPU's memory bandwidth and the "
                    "speed-up over the CPU row).")
+@click.option("--peers", default="", metavar="jax,torch",
+              help="Also time the reverse hypergradient written the way a JAX "
+                   "(jit(value_and_grad) through lax.scan) or PyTorch (create_graph=True "
+                   "unroll) user would, for each of these that is installed: rows with the "
+                   "peer's name, its relative difference from fastbilevel's result and "
+                   "fastbilevel's reverse speed-up over it.")
 @_data_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also draw the time per method with its roofline bound, and memory "
                    "against time (needs matplotlib: fastbilevel[plot]).")
 def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss, steps, dtype,
-          repeats, quick, seed, json_path, sweep_B, device, data_path, model, val_fraction,
-          plot_path):
+          repeats, quick, seed, json_path, sweep_B, device, peers, data_path, model,
+          val_fraction, plot_path):
     """Time hypergradient methods on a built-in problem, with the roofline
     fraction (peak bandwidth and GEMM rate measured in the same run)."""
     meths = [m.strip() for m in methods.split(",") if m.strip()]
@@ -110,6 +116,11 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     if bad or not meths:
         raise click.BadParameter(f"unknown method(s) {bad}; choose from {list(METHODS)}",
                                  param_hint="--methods")
+    from ..peers import PEERS
+    peer_list = [p.strip() for p in peers.split(",") if p.strip()]
+    if any(p not in PEERS for p in peer_list):
+        raise click.BadParameter(f"unknown peer(s) {[p for p in peer_list if p not in PEERS]}; "
+                                 f"choose from {list(PEERS)}", param_hint="--peers")
     T = steps or (20 if quick else (100 if data_path else SIZES[problem][2]))
     reps = repeats or (3 if quick else 5)
     if device == "cuda":
@@ -154,10 +165,23 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                        f"settings·steps/s, {one['median_s'] / s['median_s']:.2f}x the "
                        f"throughput of {sweep_B} single calls, "
                        f"{np_best / s['median_s']:.2f}x the best NumPy batched reference")
+        if peer_list:
+            prows, notes = run_peer_bench(prob, default_lam(prob), peer_list, T, reps, new, peaks)
+            for note in notes:
+                click.echo(f"  {note}: no row")
+            for r in prows:
+                click.echo(f"peer {r['method']} ({dt}): {r['median_s']:.4g} s (first call "
+                           f"{r['first_call_s']:.3g} s), hypergradient within "
+                           f"{r['peer_rel_err']:.1e} of fastbilevel's"
+                           + (f"; fastbilevel reverse {r['reverse_speedup']:.2f}x faster"
+                              if r["reverse_speedup"] else ""))
+            new += prows
         if device == "cuda":
             try:
                 grows, gname, gbw = run_gpu_bench(prob, default_lam(prob), meths, T, reps, new,
                                                   **opts)
+                if sweep_B:
+                    grows.append(run_gpu_sweep_bench(prob, sweep_B, T, reps, new, peaks, gbw))
             except DeviceError as e:
                 raise click.UsageError(str(e)) from None
             click.echo(f"GPU: {gname}, memory bandwidth "
