@@ -258,6 +258,26 @@ class CUDABackend:
         """Blocks along the positions of a pass kernel (grid-stride beyond)."""
         return max(1, min(-(-n // self.tpb), 65535))
 
+    def _free_memory(self):
+        """Free device memory in bytes (inf in the simulator)."""
+        return self.cuda.current_context().get_memory_info()[0]
+
+    def _check_memory(self, nbytes, what, fix):
+        """Refuse, before allocating, a run whose device arrays (about
+        ``nbytes``) exceed the GPU's free memory: a MemoryError saying what
+        to change (``fix``)."""
+        free = self._free_memory()
+        if nbytes > free:
+            from ._checks import fmt_bytes
+            raise MemoryError(f"{what} needs about {fmt_bytes(nbytes)} of GPU memory and "
+                              f"{fmt_bytes(free)} is free on {self.device_name}: {fix}")
+
+    def _pass_bytes(self, dev, B, c):
+        """Device bytes of the pass scratch for B settings over ``dev``."""
+        n, d = dev.n, self.d
+        tiles = max(1, -(-n // self._gpu.ROW_TILE)) if dev.dense else 0
+        return 8 * B * (3 * n * c + 2 * tiles * c * d + (0 if dev.dense else 2 * n * c))
+
     def _arr(self, values):
         """A small host vector (per-setting scalars) on the device."""
         return self.cuda.to_device(np.ascontiguousarray(values, dtype=np.float64))
@@ -528,6 +548,14 @@ class CUDABackend:
         dev, vdev = self._device(train), self._device(val)
         B, c, d = W0.shape
         ns = 1 if solver == GD else 2
+        vec = 8 * B * c * d
+        self._check_memory(
+            (max(nslots, 1) * ns + max(buf_len, 1) + 3 * ns + 8) * vec
+            + self._pass_bytes(dev, B, c) + self._pass_bytes(vdev, B, c),
+            f"a schedule of {T} steps for {B} setting(s) (method's stored points "
+            f"{max(buf_len, 1)}, snapshots {max(nslots, 1)})",
+            "use method='checkpointed' (fewer stored states), or run fewer settings at a "
+            "time (sweep(chunk_size=...))")
         tick = self._progress()
         A_d, DA_d, RD_d, PR_d = self._params(B, A, DA, RD, PRIOR)
         gam_d, bet_d = self._arr(gammas), self._arr(betas)

@@ -191,7 +191,15 @@ def refusals():
     from conftest import make_problem
     prob, _ = make_problem("logistic", "l2", "dense64", n=12, m=5, d=4)
     g = prob.to("cuda")
+
+    def small_gpu():            # a GPU with 4 KiB free: refused before any allocation
+        g.backend._free_memory = lambda: 4096
+        try:
+            fb.sweep(g, np.linspace(-2.0, 0.0, 4), steps=50, step_size=0.2)
+        finally:
+            del g.backend._free_memory
     calls = {
+        "memory": small_gpu,
         "sweep_client": lambda: fb.sweep(g, np.zeros((2,)), steps=2, client=object()),
         "soba": lambda: fb.minimize(g, np.zeros(()), method="soba", iters=2),
     }

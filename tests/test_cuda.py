@@ -90,6 +90,12 @@ def test_gpu_refuses_what_it_does_not_run(gpu, what):
     assert "problem.to('cpu')" in msg, msg
 
 
+def test_gpu_memory_is_checked_before_a_run(gpu):
+    msg = str(gpu["refusal/memory"])
+    assert msg.startswith("MemoryError: ") and "of GPU memory and 4.00 KiB is free" in msg, msg
+    assert "method='checkpointed'" in msg and "chunk_size" in msg, msg
+
+
 def test_simulator_run_is_small(gpu):
     # its time is printed for the record; the suite's budget is kept by the case sizes
     print(f"simulator: {len(CASES)} cases in {float(gpu['seconds']):.1f} s")
