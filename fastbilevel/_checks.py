@@ -51,10 +51,20 @@ def check_problem(problem, kinds):
     raise TypeError(f"problem must be a {names}, got {type(problem).__name__}")
 
 
+class DeviceError(RuntimeError):
+    """``device="cuda"`` was asked for where no usable GPU is, or a method
+    that does not run on the GPU yet was called on a GPU problem."""
+
+
+def not_on_gpu(what):
+    """The error for a method that does not run on the CUDA backend yet."""
+    return DeviceError(f"{what} does not run on device='cuda' yet: call it on "
+                       f"problem.to('cpu')")
+
+
 def require_cpu(problem, what):
     """``what`` runs on the CPU backend only: refuse a GPU problem."""
     if getattr(problem.backend, "name", "cpu") != "cpu":
-        from .cuda import not_on_gpu
         raise not_on_gpu(what)
 
 

@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from . import config
+from ._checks import DeviceError, fmt_bytes, not_on_gpu  # noqa: F401 (DeviceError: API)
 from ._codes import (ADV_STORE, AGD, BIASED_L2, CG, CONVERGED, DIVERGED, FEATURE_L2,
                      FINISH, GD, INIT, INIT_ADJ, L2, MAX_STEPS, NEUMANN, NO_CURVATURE,
                      RESTORE, REV_BUF, REV_STATE, SAMPLE_WEIGHTS, SNAP)
@@ -46,11 +47,6 @@ from .kernels.unroll import value_stride
 
 _SIM_HINT = ("set NUMBA_ENABLE_CUDASIM=1 before Python starts to run the CUDA kernels in "
              "Numba's simulator (slow: for tests), or use device='cpu'")
-
-
-class DeviceError(RuntimeError):
-    """``device="cuda"`` was asked for where no usable GPU is, or a method
-    that does not run on the GPU yet was called on a GPU problem."""
 
 
 def _cuda():
@@ -84,12 +80,6 @@ def simulated():
     """Whether Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1)."""
     from numba import config as nconfig
     return bool(getattr(nconfig, "ENABLE_CUDASIM", 0))
-
-
-def not_on_gpu(what):
-    """The error for a method that does not run on the CUDA backend yet."""
-    return DeviceError(f"{what} does not run on device='cuda' yet: call it on "
-                       f"problem.to('cpu')")
 
 
 def _tpb():
@@ -268,7 +258,6 @@ class CUDABackend:
         to change (``fix``)."""
         free = self._free_memory()
         if nbytes > free:
-            from ._checks import fmt_bytes
             raise MemoryError(f"{what} needs about {fmt_bytes(nbytes)} of GPU memory and "
                               f"{fmt_bytes(free)} is free on {self.device_name}: {fix}")
 
@@ -686,6 +675,10 @@ class CUDABackend:
         c, d = W0.shape
         m = h.shape[0]
         ns = 1 if solver == GD else 2
+        self._check_memory((max(m, 1) + 1) * ns * 8 * c * d + 4 * 8 * c * d
+                           + self._pass_bytes(dev, 1, c),
+                           f"forward mode's {m} tangents", "use method='reverse' or "
+                           "'checkpointed' (one adjoint instead of a tangent per entry of λ)")
         tick = self._progress()
         a_d, rd_d = cuda.to_device(a), cuda.to_device(rdiag)
         pr_d = cuda.to_device(np.ascontiguousarray(prior).reshape(-1))
@@ -794,6 +787,9 @@ class CUDABackend:
         cuda = self.cuda
         dev = self._device(train)
         B, c, d = W.shape
+        self._check_memory(9 * 8 * B * c * d + self._pass_bytes(dev, B, c),
+                           f"the linear solves of {B} setting(s)",
+                           "run fewer settings at a time (sweep(chunk_size=...))")
         tick = self._progress()
         A_d, _, RD_d, _ = self._params(B, A, A, RD, np.empty(0))
         Wd, bd = cuda.to_device(W), cuda.to_device(Bv)

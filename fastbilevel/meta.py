@@ -114,6 +114,20 @@ class MultiTaskProblem:
         self._L = None
 
     @property
+    def device(self):
+        """Where the passes run: "cpu" (multi-task problems have no GPU path yet)."""
+        return "cpu"
+
+    def to(self, device):
+        """This problem on ``device``: "cpu" gives the problem itself; "cuda"
+        raises :class:`fastbilevel.DeviceError`, since the multi-task methods
+        (MAML, ANIL) do not run on the GPU yet."""
+        _checks.check_choice("device", device, ("cpu", "cuda"))
+        if device == "cuda":
+            raise _checks.not_on_gpu("a multi-task problem (MAML, ANIL)")
+        return self
+
+    @property
     def _m(self):
         """Length of the adapted vector per class: d (init) or k (feature_map)."""
         return self.d if self.k is None else self.k

@@ -55,6 +55,11 @@ def _cases():
         for h in HYPERS:
             for f in ("dense64", "csr64"):
                 out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
+    # multi-start outer loops in lockstep on the batched kernels
+    out.append(("many-logistic-feature_l2-csr64", "logistic", "feature_l2", "csr64", "many", {}))
+    for f in ("dense32", "csr32"):
+        out.append((f"sweep-multinomial-feature_l2-{f}", "multinomial", "feature_l2", f,
+                    "sweep", {}))
     for m, h, f in (("logistic", "sample_weights", "dense64"),
                     ("multinomial", "feature_l2", "csr64")):
         for tag, kw in (("checkpointed", {"method": "checkpointed", "snapshots": 2}),
@@ -166,6 +171,11 @@ def run_case(prob, lam, case):
                 "outer_value": np.asarray(r.history.outer_value),
                 "grad_norm": np.asarray(r.history.grad_norm),
                 "moved": np.float64(np.max(np.abs(np.asarray(r.lam) - lam)))}
+    if what == "many":
+        starts = np.stack([lam + 0.3 * k for k in range(3)])
+        r = fb.minimize_many(prob, starts, iters=2, steps=3, lr=0.5, **kw)
+        return {"lam": np.asarray(r.lam, dtype=float), "value": np.asarray(r.value),
+                "w": np.asarray(r.w), "moved": np.float64(np.max(np.abs(r.lam - starts)))}
     if what == "sweep":
         lams = np.stack([lam + 0.3 * k for k in range(3)])
         kw.setdefault("method", "reverse")

@@ -172,3 +172,52 @@ def test_bench_device_cuda_without_a_gpu_is_a_usage_error():
     p = subprocess.run([sys.executable, "-m", "fastbilevel.cli.main", "bench", "--device",
                         "cuda"], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "NUMBA_ENABLE_CUDASIM=1" in p.stderr, p.stderr[-2000:]
+
+
+def test_sweep_cli_on_the_gpu_equals_the_cpu(tmp_path):
+    import json
+    rng = np.random.default_rng(3)
+    X, Xv = rng.standard_normal((12, 4)), rng.standard_normal((6, 4))
+    y, yv = np.sign(rng.standard_normal(12)), np.sign(rng.standard_normal(6))
+    data = tmp_path / "tiny.npz"
+    fb.datasets.save_npz(str(data), X, y, Xv, yv)
+    outs = {}
+    for device, sim in (("cpu", False), ("cuda", True)):
+        env = dict(os.environ)
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+        if sim:
+            env["NUMBA_ENABLE_CUDASIM"] = "1"
+        out = tmp_path / f"{device}.json"
+        p = subprocess.run([sys.executable, "-m", "fastbilevel.cli.main", "sweep", "--data",
+                            str(data), "--hyper", "l2", "--lams=-2:0:3", "-T", "3",
+                            "--device", device, "--json", str(out)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        assert ("on simulator" in p.stdout) == sim
+        outs[device] = json.load(open(out))
+    cpu, gpu = outs["cpu"], outs["cuda"]
+    assert gpu["best"] == cpu["best"] and not any(gpu["diverged"])
+    for key in ("outer_value", "hypergradient"):
+        a, b = np.array(gpu[key], dtype=float), np.array(cpu[key], dtype=float)
+        assert np.max(np.abs(a - b)) <= 1e-10 * np.max(np.abs(b)) and np.max(np.abs(b)) > 0
+
+
+def test_sweep_cli_device_cuda_without_a_gpu_is_a_usage_error(tmp_path):
+    from numba import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU is present here")
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    p = subprocess.run([sys.executable, "-m", "fastbilevel.cli.main", "sweep", "--quick",
+                        "--device", "cuda"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and "NUMBA_ENABLE_CUDASIM=1" in p.stderr, p.stderr[-2000:]
+
+
+def test_multitask_problem_names_its_device():
+    mt = fb.datasets.few_shot(n_tasks=4, shots=3, test_shots=3, d=4, seed=0).problem(reg=0.1)
+    assert mt.device == "cpu" and mt.to("cpu") is mt
+    with pytest.raises(fb.DeviceError, match=r"multi-task problem .*device='cuda'.*to\('cpu'\)"):
+        mt.to("cuda")
+    with pytest.raises(ValueError, match="device='tpu' is not one of"):
+        mt.to("tpu")

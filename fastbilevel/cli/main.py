@@ -269,13 +269,16 @@ def _parse_lams(spec):
               help="Progress bar over chunks [on a terminal, when tqdm is installed].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write λ values, outer values, hypergradients and flags to this file.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: run the sweep on the GPU backend (its batched kernels: every "
+                   "setting in lockstep).")
 @_data_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also draw the outer value against λ with the hypergradients as slopes "
                    "(needs matplotlib: fastbilevel[plot]).")
 def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, quick, seed,
-              scheduler, chunk_size, progress, json_path, data_path, model, val_fraction,
-              plot_path):
+              scheduler, chunk_size, progress, json_path, device, data_path, model,
+              val_fraction, plot_path):
     """Hypergradients (or, with --method solve, outer values) of many settings
     of λ at once, on a built-in problem; the best setting is marked."""
     from ..sweep import CSR_ROWS_MIN_SETTINGS, sweep
@@ -286,6 +289,14 @@ def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, qu
     else:
         ds = bench_dataset(problem, quick, seed, "float64")
     prob = ds.problem(hyper=hyper)
+    if device == "cuda":
+        if scheduler:
+            raise click.UsageError("--scheduler runs the settings on Dask workers' CPUs: "
+                                   "drop it or --device cuda")
+        try:
+            prob = prob.to("cuda")
+        except DeviceError as e:
+            raise click.UsageError(str(e)) from None
     lams = values.reshape((-1,) + (1,) * len(prob.lam_shape)) * np.ones(prob.lam_shape)
     B = len(values)
     if progress is None:
@@ -302,7 +313,8 @@ def sweep_cmd(problem, hyper, lams_spec, method, solver, steps, step_size, K, qu
                                    "'fastbilevel[distributed]'") from None
         client = Client(scheduler)
     kw = {"K": K} if K is not None else {}
-    click.echo(f"problem: {problem} {prob}; {B} settings, method={method}, T={steps}")
+    click.echo(f"problem: {problem} {prob}; {B} settings, method={method}, T={steps}"
+               + (f", on {prob.backend.device_name}" if device == "cuda" else ""))
     try:
         r = sweep(prob, lams, method=method, solver=solver, steps=steps, step_size=step_size,
                   chunk_size=chunk_size, client=client, progress=progress, **kw)
