@@ -1,7 +1,8 @@
 """Timing, machine peaks and roofline accounting for ``fastbilevel bench``.
 
 The roofline bound of a run is max(bytes / peak read bandwidth,
-flops / peak GEMM rate), with the bytes and flops the method must move:
+flops / peak compute rate: NumPy's GEMM, or for float64 our own FMA loop
+where that is higher), with the bytes and flops the method must move:
 every pass reads X once (dense: n·d·itemsize; CSR: nnz·(itemsize + 4) +
 (n + 1)·8), a gradient pass does 4·nnz·c flops (dots and accumulation), an
 HVP pass 6·nnz·c (two dots, one accumulation). Both peaks are measured in the
@@ -102,6 +103,47 @@ def median_time(fun, repeats):
     return float(np.median(ts)), ts
 
 
+FMA_CHAINS = 128        # independent multiply-add chains per thread: 16 vectors of 8 doubles
+
+
+@njit(cache=True, fastmath={"contract", "reassoc", "nsz", "arcp"})
+def _fma_chains(n, x, y):
+    """a_k ← a_k·x + y, n times, for FMA_CHAINS independent a_k held in
+    vector registers (no memory traffic); returns Σ_k a_k."""
+    acc = np.empty(FMA_CHAINS)
+    for k in range(FMA_CHAINS):
+        acc[k] = 1.0 + k * 1e-3
+    for _ in range(n):
+        for k in range(FMA_CHAINS):
+            acc[k] = acc[k] * x + y
+    s = 0.0
+    for k in range(FMA_CHAINS):
+        s += acc[k]
+    return s
+
+
+@njit(cache=True, parallel=True)
+def _fma_all(n, x, y, nch):
+    """``_fma_chains`` on each of nch chunks at once; the sum of the results."""
+    out = np.empty(nch)
+    for c in prange(nch):
+        out[c] = _fma_chains(n, x, y)
+    return out.sum()
+
+
+def fma_rate(quick=False):
+    """Peak float64 multiply-add rate (GFLOP/s) of Numba-compiled code on all
+    threads: FMA_CHAINS independent chains per thread in vector registers.
+    A compute peak of our own, which no BLAS setting of the environment can
+    lower (compare NumPy's GEMM)."""
+    nch = nchunks()
+    n = 200_000 if quick else 1_000_000
+    _fma_all(10, 0.999999, 1e-6, nch)
+    best = min(median_time(lambda: _fma_all(n, 0.999999, 1e-6, nch), 1)[0]
+               for _ in range(3 if quick else 5))
+    return 2.0 * FMA_CHAINS * n * nch / best / 1e9
+
+
 def gemm_rate(k, reps, dtype="float64"):
     """GEMM rate (GFLOP/s) of NumPy's BLAS in this process in ``dtype``: the
     best of ``reps`` k×k products."""
@@ -121,8 +163,10 @@ def machine_peaks(quick=False):
     (``BLAS_OVERRIDES``, e.g. an older core type that halves the rate), the
     GEMM is also timed in a child process without the override
     (``gemm_GFLOPs_free``; ``gemm_GFLOPs_process`` is this process's rate)
-    and the roofline uses the higher of the two, ``gemm_GFLOPs``: what the
-    machine can do, not what the override lets NumPy do."""
+    and ``gemm_GFLOPs`` is the higher of the two: what the machine can do,
+    not what the override lets NumPy do. ``fma_GFLOPs`` is our own float64
+    FMA loop (:func:`fma_rate`); float64 rows are bounded by the higher of
+    it and ``gemm_GFLOPs`` (:func:`compute_peak`)."""
     nbytes = (256 if quick else 1024) * 2**20
     a = np.ones(nbytes // 8)
     nch = nchunks()
@@ -138,13 +182,18 @@ def machine_peaks(quick=False):
         free = _without_override({"gemm": k, "reps": reps, "dtype": dt}) if overridden else None
         out.update({f"{key}_GFLOPs": max(here, free or 0.0), f"{key}_GFLOPs_process": here,
                     f"{key}_GFLOPs_free": free})
+    out["fma_GFLOPs"] = fma_rate(quick)
     out["blas_overrides"] = {v: os.environ[v] for v in BLAS_OVERRIDES if v in os.environ}
     return out
 
 
 def compute_peak(peaks, dtype):
-    """The GEMM rate (GFLOP/s) that bounds a run on ``dtype`` data."""
-    return peaks["gemm32_GFLOPs" if str(dtype) == "float32" else "gemm_GFLOPs"]
+    """The compute rate (GFLOP/s) that bounds a run on ``dtype`` data:
+    NumPy's float32 GEMM for float32; for float64 the higher of NumPy's GEMM
+    and our FMA loop."""
+    if str(dtype) == "float32":
+        return peaks["gemm32_GFLOPs"]
+    return max(peaks["gemm_GFLOPs"], peaks.get("fma_GFLOPs") or 0.0)
 
 
 def _without_override(spec):

@@ -131,7 +131,9 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     t0 = time.perf_counter()
     peaks = machine_peaks(quick=quick)
     click.echo(f"machine: read {peaks['read_GBps']:.1f} GB/s, GEMM {peaks['gemm_GFLOPs']:.1f} GFLOP/s "
-               f"float64 / {peaks['gemm32_GFLOPs']:.1f} float32, {_threads()} threads")
+               f"float64 / {peaks['gemm32_GFLOPs']:.1f} float32, FMA loop "
+               f"{peaks['fma_GFLOPs']:.1f} GFLOP/s float64 (float64 rooflines use the higher), "
+               f"{_threads()} threads")
     if peaks["gemm_GFLOPs_free"] is not None:
         over = ", ".join(f"{k}={v}" for k, v in peaks["blas_overrides"].items())
         click.echo(f"  NumPy GEMM: {peaks['gemm_GFLOPs_process']:.1f} / "
