@@ -61,11 +61,11 @@ def main(argv=None):
         fns = gpu.py_kernels(C, 128)
         sigs = gpu.ptx_signatures(C, np.dtype(a.dtype))
         for name in sorted(fns):
-            if C != int(a.classes.split(",")[0]) and name in gpu.VECTOR_KERNELS:
+            if C != int(a.classes.split(",")[0]) and name in gpu.C_INDEPENDENT:
                 continue
             ptx, _ = cuda.compile_ptx(fns[name], sigs[name], cc=cc)
             r = ptxas_report(ptx, cc)
-            cl = "-" if name in gpu.VECTOR_KERNELS else C
+            cl = "-" if name in gpu.C_INDEPENDENT else C
             print(f"{name:<16}{cl:>4}{r[0]:>6}{r[1]:>9}{r[2]:>10}{r[3]:>10}{r[4]:>8}")
     return 0
 
