@@ -7,8 +7,9 @@ problem whose backend is a :class:`CUDABackend`. It implements the backend
 methods of :class:`~fastbilevel.backend.CPUBackend` with the same argument
 lists (host arrays in, host arrays out), so ``hypergradient`` (every exact
 method: reverse, checkpointed, recompute, truncated, forward, implicit),
-``solve``, ``minimize`` with those methods, ``sweep`` (setting by setting)
-and the oracles run unchanged.
+``solve``, ``minimize`` with those methods, ``sweep`` and ``minimize_many``
+(on the batched interpreter: B settings in lockstep) and the oracles run
+unchanged.
 Inside a run everything stays in device memory: the solver state, the
 stored points and snapshots of a schedule, the adjoints, forward tangents,
 the implicit solver's vectors and the hypergradient; the host reads one
@@ -21,9 +22,8 @@ compiled as device functions from the CPU's source, so a seed draws the same
 rows on either device.
 
 Not yet on the GPU (each refuses with an error naming ``problem.to("cpu")``):
-the stochastic solver family (``minimize(method="soba")`` ...), the batched
-sweep kernels (``sweep(strategy="rows")``, and ``client=``) and the
-multi-task problems.
+the stochastic solver family (``minimize(method="soba")`` ...),
+``sweep(client=)`` (Dask) and the multi-task problems.
 
 Summation order is fixed (see :mod:`fastbilevel.kernels.gpu`), so a result
 is the same on every run; it differs from the CPU backend's only by
@@ -153,6 +153,7 @@ class CUDABackend:
         self._empty = cuda.to_device(np.empty(0))
         self._noidx = cuda.to_device(np.empty(0, dtype=np.int64))
         self._scratch = {}
+        self._consts = {}
         self.device_name = "simulator" if simulated() else _gpu_name(cuda)
         if simulated():
             # the simulator runs the sampler's hash on NumPy uint64 scalars,
@@ -268,8 +269,18 @@ class CUDABackend:
         return 8 * B * (3 * n * c + 2 * tiles * c * d + (0 if dev.dense else 2 * n * c))
 
     def _arr(self, values):
-        """A small host vector (per-setting scalars) on the device."""
-        return self.cuda.to_device(np.ascontiguousarray(values, dtype=np.float64))
+        """A small host vector (per-setting scalars: step sizes, scales,
+        coefficients) on the device, read-only to the kernels. The same
+        values come back as the same device array without a new upload: a
+        run passes the same few vectors on every step."""
+        a = np.ascontiguousarray(values, dtype=np.float64)
+        key = a.tobytes()
+        dev = self._consts.get(key)
+        if dev is None:
+            if len(self._consts) >= 256:
+                self._consts.clear()
+            dev = self._consts[key] = self.cuda.to_device(a)
+        return dev
 
     def _reduce(self, B, launch):
         """Per-setting sums: ``launch(parts)`` writes B·nparts partial sums
@@ -753,9 +764,12 @@ class CUDABackend:
                        beta, nchunks):
         """``kernels.implicit.implicit_solve``: the linear solve of
         ``implicit_solve_multi`` for one setting (no J·v term)."""
+        dev = self._device(train)
+        A_d, _, RD_d, _ = self._params(1, a.reshape(1, -1), a.reshape(1, -1),
+                                       rdiag.reshape(1, -1), np.empty(0))
         v, resid, steps, status = self._linear_solve(
-            train, a.reshape(1, -1), model, rdiag.reshape(1, -1), W[None], b[None], v0[None],
-            solver, K, tol, np.array([eta]), np.array([alpha]), np.array([beta]))
+            dev, A_d, model, RD_d, self.cuda.to_device(W[None]), b[None], v0[None], solver, K,
+            tol, np.array([eta]), np.array([alpha]), np.array([beta]))
         return v[0].copy_to_host(), float(resid[0]), int(steps[0]), int(status[0])
 
     def implicit_solve_multi(self, train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solver,
@@ -764,11 +778,11 @@ class CUDABackend:
         solves in lockstep, each setting stopping at its own tolerance, then
         H[b] −= J_b(W[b]) v[b]. Returns (v, residuals, steps, status)."""
         B = W.shape[0]
-        v, resid, steps, status = self._linear_solve(train, A, model, RD, W, Bv, V0, solver,
-                                                     K, tol, etas, alphas, betas)
         dev = self._device(train)
         A_d, DA_d, RD_d, _ = self._params(B, A, DA, RD, np.empty(0))
         Wd = self.cuda.to_device(W)
+        v, resid, steps, status = self._linear_solve(dev, A_d, model, RD_d, Wd, Bv, V0, solver,
+                                                     K, tol, etas, alphas, betas)
         Hd = self.cuda.to_device(H)
         cross = self.cuda.device_array((B, dev.n) if hyper == SAMPLE_WEIGHTS else (B, 0))
         if hyper == SAMPLE_WEIGHTS:
@@ -778,21 +792,21 @@ class CUDABackend:
         Hd.copy_to_host(H)
         return v.copy_to_host(), resid, steps, status
 
-    def _linear_solve(self, train, A, model, RD, W, Bv, V0, solver, K, tol, etas, alphas,
+    def _linear_solve(self, dev, A_d, model, RD_d, Wd, Bv, V0, solver, K, tol, etas, alphas,
                       betas):
         """H_b(W_b) v_b = Bv_b for B settings by CG, Neumann or heavy ball,
         with ``kernels.implicit.implicit_solve``'s steps per setting; the
         per-setting scalars (dots, norms) read back for the control flow.
-        Returns (v on the device, residuals, steps, status) (host (B,))."""
+        ``dev``, the sample weights A_d, ridges RD_d and points Wd are on the
+        device already. Returns (v on the device, residuals, steps, status)
+        (host (B,))."""
         cuda = self.cuda
-        dev = self._device(train)
-        B, c, d = W.shape
+        B, c, d = Wd.shape
         self._check_memory(9 * 8 * B * c * d + self._pass_bytes(dev, B, c),
                            f"the linear solves of {B} setting(s)",
                            "run fewer settings at a time (sweep(chunk_size=...))")
         tick = self._progress()
-        A_d, _, RD_d, _ = self._params(B, A, A, RD, np.empty(0))
-        Wd, bd = cuda.to_device(W), cuda.to_device(Bv)
+        bd = cuda.to_device(Bv)
         v, vprev = cuda.to_device(V0), cuda.to_device(V0)
         Hx, nxt = cuda.device_array((B, c, d)), cuda.device_array((B, c, d))
         r, p = cuda.to_device(np.zeros((B, c, d))), cuda.to_device(np.zeros((B, c, d)))

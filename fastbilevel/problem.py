@@ -108,9 +108,9 @@ class BilevelProblem:
         On the GPU today: the oracles, ``hypergradient`` with every exact
         method (reverse, checkpointed, recompute, truncated, forward,
         implicit) and every inner solver (minibatch ``sgd`` too), stocBiO,
-        FSLA, ``solve`` and ``minimize`` with those methods, ``sweep`` setting
-        by setting. The stochastic solver family and the batched sweep
-        kernels refuse a GPU problem (use ``.to("cpu")``)."""
+        FSLA, ``solve`` and ``minimize`` with those methods, ``sweep`` (B
+        settings in lockstep). The stochastic solver family and
+        ``sweep(client=)`` refuse a GPU problem (use ``.to("cpu")``)."""
         import copy
         other = copy.copy(self)
         other._set_device(device)

@@ -247,10 +247,10 @@ CSR_ROWS_MIN_SETTINGS = 8
 
 
 def _choose_strategy(problem, method, solver, strategy, B):
-    """"rows" (batched kernels) where the method and solver allow it, unless
-    the rows are too few to split among the threads (fewer than 64 per
-    thread) and there are settings to go round, or the data are CSR and
-    there are fewer than ``CSR_ROWS_MIN_SETTINGS`` settings: then
+    """"rows" (batched kernels) where the method and solver allow it, unless,
+    on the CPU, the rows are too few to split among the threads (fewer than
+    64 per thread) and there are settings to go round, or the data are CSR
+    and there are fewer than ``CSR_ROWS_MIN_SETTINGS`` settings: then
     "settings"."""
     _checks.check_choice("strategy", strategy, STRATEGIES)
     can = _batchable(method, solver)
@@ -322,8 +322,9 @@ def sweep(problem, lams, method="reverse", solver="gd", steps=100, step_size=Non
         than ``CSR_ROWS_MIN_SETTINGS`` (8) settings (the batched CSR pass
         has a cost per pass that B does not divide: below 8 settings the
         single-setting runs were faster in our measurements). A GPU problem
-        (``device="cuda"``) runs setting by setting, one at a time: there
-        are no batched GPU kernels yet.
+        (``device="cuda"``) takes "rows" wherever the method and solver
+        allow it (its B settings are rows of thread blocks), else runs
+        setting by setting, one at a time.
     chunk_size : int, optional
         Settings per batched kernel call (default all B, or B split evenly
         over the Dask workers): bounds the memory held at once, and a
