@@ -21,9 +21,12 @@ too, on the same batches as on the CPU: the counter-based sampler's hash is
 compiled as device functions from the CPU's source, so a seed draws the same
 rows on either device.
 
+Multi-task problems have a backend of their own on the same helpers
+(:mod:`fastbilevel.cuda_meta`).
+
 Not yet on the GPU (each refuses with an error naming ``problem.to("cpu")``):
-the stochastic solver family (``minimize(method="soba")`` ...),
-``sweep(client=)`` (Dask) and the multi-task problems.
+the stochastic solver family (``minimize(method="soba")`` ...) and
+``sweep(client=)`` (Dask).
 
 Summation order is fixed (see :mod:`fastbilevel.kernels.gpu`), so a result
 is the same on every run; it differs from the CPU backend's only by
@@ -119,37 +122,20 @@ class _DevData:
         del self._host
 
 
-class CUDABackend:
-    """The backend methods of :class:`~fastbilevel.backend.CPUBackend` on an
-    NVIDIA GPU, for one problem's data (uploaded at construction).
-
-    Every run is written for B settings in lockstep (``run_schedule_multi``,
-    ``implicit_solve_multi``: a sweep's batched kernels); the single-setting
-    methods run them with B = 1."""
+class _Device:
+    """What every GPU backend shares: the kernels, launch shapes, scratch
+    arrays, small uploads and the per-setting reductions in a fixed order."""
 
     name = "cuda"
 
-    reg_value = staticmethod(_oracles.reg_value)          # host oracles: O(dim w)
-    reg_grad_add = staticmethod(_oracles.reg_grad_add)
-    reg_hvp_add = staticmethod(_oracles.reg_hvp_add)
-    cross_add = staticmethod(_oracles.cross_add)
-    nchunks = staticmethod(nchunks)
-    fixed_nchunks = staticmethod(fixed_nchunks)
-
-    def __init__(self, problem):
+    def __init__(self):
         self.cuda = cuda = _cuda()
         from .kernels import gpu
         self._gpu = gpu
-        self.d = problem.d
-        self.c = problem.c
         self.tpb = _tpb()
         self.vtpb = 4 if simulated() else 256
         self.nparts = 4 if simulated() else 1024     # partial sums per setting
         self.V = gpu.vector_kernels()
-        self._data = {}
-        self._relabel = None
-        for D in (problem.train, problem.val):
-            self._device(D)
         self._empty = cuda.to_device(np.empty(0))
         self._noidx = cuda.to_device(np.empty(0, dtype=np.int64))
         self._scratch = {}
@@ -163,30 +149,7 @@ class CUDABackend:
                                     category=RuntimeWarning)
 
     def __repr__(self):
-        return f"CUDABackend({self.device_name})"
-
-    # ----------------------------------------------------------- data
-    def _device(self, D):
-        """The device copy of the design D (uploaded on first use, keyed on
-        the identity of its arrays; a changed ``y`` alone uploads only y)."""
-        key = id(D.X) if D.indptr is None else id(D.data)
-        dd = self._data.get(key)
-        if dd is None or dd[0] is not (D.X if D.indptr is None else D.data):
-            dev = _DevData(self.cuda, D)
-            if not dev.dense:
-                dev.finish_csr(self.cuda, self.d)
-            dd = (D.X if D.indptr is None else D.data, dev, D.y)
-            self._data[key] = dd
-        host, dev, y = dd
-        if y is not D.y:            # the same design with other labels (data_sq_norm)
-            if self._relabel is None or self._relabel[0] is not D.y \
-                    or self._relabel[1] is not dev:
-                import copy
-                other = copy.copy(dev)
-                other.y = self.cuda.to_device(np.ascontiguousarray(D.y, dtype=np.float64))
-                self._relabel = (D.y, dev, other)
-            return self._relabel[2]
-        return dev
+        return f"{type(self).__name__}({self.device_name})"
 
     def _k(self, c):
         """The pass kernels for c outputs (c = 1 also serves a multinomial
@@ -202,40 +165,6 @@ class CUDABackend:
             s = (cap,) + tuple(self.cuda.device_array(sh) for sh in shapes(cap))
             self._scratch[key] = s
         return s
-
-    def _buffers(self, dense, B, nb, c):
-        """Scratch for a pass of B settings over nb positions (rows, or
-        minibatch entries): (cap, CG, CH (B, cap, c), LV (B, cap), PG, PH
-        (B, tiles, c, d): the dense tile partials), grown as needed."""
-        d, tile = self.d, self._gpu.ROW_TILE
-
-        def shapes(cap):
-            nt = max(1, -(-cap // tile)) if dense else 1
-            part = (B, nt, c, d) if dense else (1, 1, 1, 1)
-            return (B, cap, c), (B, cap, c), (B, cap), part, part
-        return self._grown(("pass", dense, B, c), shapes, nb)
-
-    def _draw(self, seed, stream, step, n, b, replace):
-        """The minibatch of (seed, stream, step): b of the rows 0..n−1,
-        sorted, drawn on the device by the CPU's counter-based sampler (the
-        same rows as ``sampling.draw_rows``). A device view, valid until the
-        next draw."""
-        cap = self._scratch.get("draw")
-        if cap is None or cap[0].shape[0] < b:
-            cap = (self.cuda.device_array(max(b, 1), dtype=np.int64),
-                   self.cuda.device_array(max(b, 1), dtype=np.int64))
-            self._scratch["draw"] = cap
-        raw, out = cap[0][:b], cap[1][:b]
-        if replace:
-            self._ew(self.V.draw_replace, b, seed, stream, step, n, raw)
-        else:
-            perm = self._scratch.get(("perm", n))
-            if perm is None:
-                perm = self.cuda.to_device(np.arange(n, dtype=np.int64))
-                self._scratch[("perm", n)] = perm
-            self.V.draw_shuffle[1, 1](seed, stream, step, n, perm, raw)
-        self._ew(self.V.rank_sort, b, raw, out)
-        return out
 
     # ----------------------------------------------------------- launches
     def _vgrid(self, n):
@@ -261,12 +190,6 @@ class CUDABackend:
         if nbytes > free:
             raise MemoryError(f"{what} needs about {fmt_bytes(nbytes)} of GPU memory and "
                               f"{fmt_bytes(free)} is free on {self.device_name}: {fix}")
-
-    def _pass_bytes(self, dev, B, c):
-        """Device bytes of the pass scratch for B settings over ``dev``."""
-        n, d = dev.n, self.d
-        tiles = max(1, -(-n // self._gpu.ROW_TILE)) if dev.dense else 0
-        return 8 * B * (3 * n * c + 2 * tiles * c * d + (0 if dev.dense else 2 * n * c))
 
     def _arr(self, values):
         """A small host vector (per-setting scalars: step sizes, scales,
@@ -327,6 +250,93 @@ class CUDABackend:
         B = out.shape[0]
         self._ew(self.V.lincomb, _size(out), _flat(out), self._arr(np.broadcast_to(a, B)),
                  _flat(x), self._arr(np.broadcast_to(b, B)), _flat(y), _size(out) // B)
+
+class CUDABackend(_Device):
+    """The backend methods of :class:`~fastbilevel.backend.CPUBackend` on an
+    NVIDIA GPU, for one problem's data (uploaded at construction).
+
+    Every run is written for B settings in lockstep (``run_schedule_multi``,
+    ``implicit_solve_multi``: a sweep's batched kernels); the single-setting
+    methods run them with B = 1."""
+
+    reg_value = staticmethod(_oracles.reg_value)          # host oracles: O(dim w)
+    reg_grad_add = staticmethod(_oracles.reg_grad_add)
+    reg_hvp_add = staticmethod(_oracles.reg_hvp_add)
+    cross_add = staticmethod(_oracles.cross_add)
+    nchunks = staticmethod(nchunks)
+    fixed_nchunks = staticmethod(fixed_nchunks)
+
+    def __init__(self, problem):
+        super().__init__()
+        self.d = problem.d
+        self.c = problem.c
+        self._data = {}
+        self._relabel = None
+        for D in (problem.train, problem.val):
+            self._device(D)
+
+    # ----------------------------------------------------------- data
+    def _device(self, D):
+        """The device copy of the design D (uploaded on first use, keyed on
+        the identity of its arrays; a changed ``y`` alone uploads only y)."""
+        key = id(D.X) if D.indptr is None else id(D.data)
+        dd = self._data.get(key)
+        if dd is None or dd[0] is not (D.X if D.indptr is None else D.data):
+            dev = _DevData(self.cuda, D)
+            if not dev.dense:
+                dev.finish_csr(self.cuda, self.d)
+            dd = (D.X if D.indptr is None else D.data, dev, D.y)
+            self._data[key] = dd
+        host, dev, y = dd
+        if y is not D.y:            # the same design with other labels (data_sq_norm)
+            if self._relabel is None or self._relabel[0] is not D.y \
+                    or self._relabel[1] is not dev:
+                import copy
+                other = copy.copy(dev)
+                other.y = self.cuda.to_device(np.ascontiguousarray(D.y, dtype=np.float64))
+                self._relabel = (D.y, dev, other)
+            return self._relabel[2]
+        return dev
+
+    def _buffers(self, dense, B, nb, c):
+        """Scratch for a pass of B settings over nb positions (rows, or
+        minibatch entries): (cap, CG, CH (B, cap, c), LV (B, cap), PG, PH
+        (B, tiles, c, d): the dense tile partials), grown as needed."""
+        d, tile = self.d, self._gpu.ROW_TILE
+
+        def shapes(cap):
+            nt = max(1, -(-cap // tile)) if dense else 1
+            part = (B, nt, c, d) if dense else (1, 1, 1, 1)
+            return (B, cap, c), (B, cap, c), (B, cap), part, part
+        return self._grown(("pass", dense, B, c), shapes, nb)
+
+    def _draw(self, seed, stream, step, n, b, replace):
+        """The minibatch of (seed, stream, step): b of the rows 0..n−1,
+        sorted, drawn on the device by the CPU's counter-based sampler (the
+        same rows as ``sampling.draw_rows``). A device view, valid until the
+        next draw."""
+        cap = self._scratch.get("draw")
+        if cap is None or cap[0].shape[0] < b:
+            cap = (self.cuda.device_array(max(b, 1), dtype=np.int64),
+                   self.cuda.device_array(max(b, 1), dtype=np.int64))
+            self._scratch["draw"] = cap
+        raw, out = cap[0][:b], cap[1][:b]
+        if replace:
+            self._ew(self.V.draw_replace, b, seed, stream, step, n, raw)
+        else:
+            perm = self._scratch.get(("perm", n))
+            if perm is None:
+                perm = self.cuda.to_device(np.arange(n, dtype=np.int64))
+                self._scratch[("perm", n)] = perm
+            self.V.draw_shuffle[1, 1](seed, stream, step, n, perm, raw)
+        self._ew(self.V.rank_sort, b, raw, out)
+        return out
+
+    def _pass_bytes(self, dev, B, c):
+        """Device bytes of the pass scratch for B settings over ``dev``."""
+        n, d = dev.n, self.d
+        tiles = max(1, -(-n // self._gpu.ROW_TILE)) if dev.dense else 0
+        return 8 * B * (3 * n * c + 2 * tiles * c * d + (0 if dev.dense else 2 * n * c))
 
     # ----------------------------------------------------------- passes
     def dpass_multi(self, dev, A, model, W, V, want_grad, want_hvp, G, HV, cross, rows=None):
@@ -1025,13 +1035,6 @@ class CUDABackend:
             if not ok:
                 return done(k)
         return done(-1)
-
-    # ------------------------------------------- not on the GPU yet
-    def meta_gradient(self, *args, **kw):
-        raise not_on_gpu("meta-learning")
-
-    def task_pass(self, *args, **kw):
-        raise not_on_gpu("meta-learning")
 
 
 def _gpu_name(cuda):

@@ -71,10 +71,15 @@ class MultiTaskProblem:
     hyper : {"init", "feature_map"}, default "init"
     k : int ≥ 1
         The embedding's dimension; ``feature_map`` only (and needed there).
+    device : {"cpu", "cuda"}, default "cpu"
+        Where the passes run. "cuda" copies the tasks to the GPU once and
+        runs each meta-batch's tasks in lockstep there (every method and
+        the task oracles; NumPy arrays in and out); without a usable GPU it
+        raises :class:`fastbilevel.DeviceError`.
     """
 
     def __init__(self, model, X, y, X_test, y_test, reg=0.0, dtype=None, n_classes=None,
-                 hyper="init", k=None):
+                 hyper="init", k=None, device="cpu"):
         self.model = _checks.check_choice("model", model, MODELS)
         self._model = MODELS[model].code
         self.hyper = _checks.check_choice("hyper", hyper, HYPERS)
@@ -110,22 +115,31 @@ class MultiTaskProblem:
         self.test_shots = self.X_test.shape[1]
         self.c = _checks.check_n_classes(model, n_classes, self.y, self.y_test)
         self.reg = _checks.check_scalar("reg", reg, low=0.0)
-        self.backend = CPU
         self._L = None
+        self._set_device(device)
+
+    def _set_device(self, device):
+        device = _checks.check_choice("device", device, ("cpu", "cuda"))
+        if device == "cpu":
+            self.backend = CPU
+        else:
+            from .cuda_meta import CUDAMetaBackend
+            self.backend = CUDAMetaBackend(self)
 
     @property
     def device(self):
-        """Where the passes run: "cpu" (multi-task problems have no GPU path yet)."""
-        return "cpu"
+        """Where the passes run: "cpu" or "cuda"."""
+        return self.backend.name
 
     def to(self, device):
-        """This problem on ``device``: "cpu" gives the problem itself; "cuda"
-        raises :class:`fastbilevel.DeviceError`, since the multi-task methods
-        (MAML, ANIL) do not run on the GPU yet."""
-        _checks.check_choice("device", device, ("cpu", "cuda"))
-        if device == "cuda":
-            raise _checks.not_on_gpu("a multi-task problem (MAML, ANIL)")
-        return self
+        """This problem on ``device`` ("cpu" or "cuda"): a new problem sharing
+        the host arrays (for "cuda" the tasks are copied to the GPU once,
+        here). ``device="cuda"`` without a usable GPU raises
+        :class:`fastbilevel.DeviceError`."""
+        import copy
+        other = copy.copy(self)
+        other._set_device(device)
+        return other
 
     @property
     def _m(self):
@@ -349,9 +363,10 @@ def meta_hypergradient(problem, theta, method="reverse", steps=10, step_size=Non
     if B > N:
         raise ValueError(f"meta_batch={B} exceeds the {N} tasks")
     seed = check_seed(seed)
-    if method == "reverse":
-        check_bytes(r * problem.c * problem._m * 8 * min(B, numba.get_num_threads()),
-                     f"steps={r}: method='reverse' would store, over the tasks run at once,")
+    if method == "reverse":            # the GPU runs the whole meta-batch at once
+        at_once = B if problem.device == "cuda" else min(B, numba.get_num_threads())
+        check_bytes(r * problem.c * problem._m * 8 * at_once,
+                    f"steps={r}: method='reverse' would store, over the tasks run at once,")
     G = np.empty_like(Th)
     GP = np.empty_like(P)
     val, tasks, fired, tsteps = problem.backend.meta_gradient(

@@ -54,7 +54,8 @@ DENSE32_TOL = 2e-6
 def tol(prob, exact):
     """The tolerance of a comparison that holds to ``exact`` in float64
     arithmetic (float64 data, and CSR data, multiplied in float64)."""
-    return max(exact, DENSE32_TOL) if prob.dtype == np.float32 and not prob.sparse else exact
+    dense = not getattr(prob, "sparse", False)        # a MultiTaskProblem is dense
+    return max(exact, DENSE32_TOL) if prob.dtype == np.float32 and dense else exact
 
 
 def make_problem(model, hyper, fmt, seed=0, reg=0.3, **kw):

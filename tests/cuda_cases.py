@@ -17,6 +17,8 @@ MODELS = ["linear", "logistic", "multinomial"]
 HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
 ORACLES = ["inner_value", "inner_grad", "hvp", "cross", "outer_value", "outer_grad"]
 STEP = 0.2          # γ for every case but the one that checks the default (1/L)
+META_HYPERS = ["init", "feature_map"]
+META_METHODS = ["reverse", "recompute", "first_order", "ufo"]
 
 
 def _cases():
@@ -102,6 +104,21 @@ def _cases():
         out.append((f"pass_rows-multinomial-sample_weights-{f}", "multinomial",
                     "sample_weights", f, "pass_rows", {}))
     out.append(("draws", "logistic", "l2", "dense64", "draws", {}))
+    # multi-task problems (MAML: init, ANIL: feature_map): every model × map
+    # × method, with all tasks and with a drawn meta-batch; the task oracles;
+    # float32 tasks; minimize's outer loop; a diverging inner loop
+    for m in MODELS:
+        for h in META_HYPERS:
+            for meth in META_METHODS:
+                out.append((f"meta-{meth}-{m}-{h}", m, h, "dense64", "meta", {"method": meth}))
+            out.append((f"meta-oracles-{m}-{h}", m, h, "dense64", "meta_oracles", {}))
+    for h in META_HYPERS:
+        out.append((f"meta-reverse-multinomial-{h}-dense32", "multinomial", h, "dense32",
+                    "meta", {"method": "reverse"}))
+    out.append(("meta-minimize-logistic-feature_map", "logistic", "feature_map", "dense64",
+                "meta_minimize", {}))
+    out.append(("meta-diverging-linear-init", "linear", "init", "dense64", "meta",
+                {"method": "reverse", "step_size": 50.0, "check_step": False}))
     # the default step size (power iteration on the GPU, c = 1 for multinomial too)
     out.append(("default-step-multinomial-l2-dense64", "multinomial", "l2", "dense64",
                 "reverse", {"step_size": None}))
@@ -111,9 +128,26 @@ def _cases():
 CASES = _cases()
 
 
-def problem_of(case):
-    from conftest import make_problem, random_lam
+def meta_problem_of(case, device):
+    """A small multi-task problem (5 tasks of 6 train and 5 test rows, d = 4;
+    ANIL with k = 3) and a θ. Float32 tasks ("dense32") on the GPU are
+    compared with the same values in float64 on the CPU (the CPU's float32
+    meta kernels would compile for most of a minute, for this case alone)."""
+    import fastbilevel as fb
     _, m, h, f, _, _ = case
+    ds = fb.datasets.few_shot(n_tasks=5, shots=6, test_shots=5, d=4, model=m, n_classes=3,
+                              seed=2, dtype=np.float32 if f == "dense32" else np.float64)
+    prob = ds.problem(reg=0.1, hyper=h, k=3 if h == "feature_map" else None,
+                      dtype=np.float32 if f == "dense32" and device == "cuda" else np.float64)
+    return prob.to(device), 0.4 * np.random.default_rng(4).standard_normal(prob.lam_shape)
+
+
+def problem_of(case, device="cpu"):
+    """The case's problem on ``device`` and its λ."""
+    from conftest import make_problem, random_lam
+    _, m, h, f, what, _ = case
+    if what.startswith("meta"):
+        return meta_problem_of(case, device)
     prob, spec = make_problem(m, h, f, n=12, m=5, d=4)
     if not case[0].startswith("default-step"):
         # λ_max(XᵀX/n) for the step-size check, in closed form on both devices
@@ -121,7 +155,7 @@ def problem_of(case):
         X = spec.X.toarray() if hasattr(spec.X, "toarray") else np.asarray(spec.X)
         X = X.astype(np.float64)
         prob._data_sq_norm = float(np.linalg.eigvalsh(X.T @ X / X.shape[0])[-1])
-    return prob, random_lam(prob)
+    return prob.to(device), random_lam(prob)
 
 
 def run_case(prob, lam, case):
@@ -160,6 +194,36 @@ def run_case(prob, lam, case):
         return out
     kw = dict(kw)
     kw.setdefault("step_size", STEP)
+    if what == "meta_oracles":
+        w, v = rng.standard_normal((2,) + prob.w_shape)
+        out = {}
+        for o in ("inner_value", "inner_grad", "hvp", "cross", "outer_value", "outer_grad",
+                  "outer_grad_lam"):
+            args = (w, lam, v) if o in ("hvp", "cross") else (w, lam)
+            out[o] = np.asarray(getattr(prob, o)(3, *args), dtype=float)
+        return out
+    if what == "meta_minimize":
+        r = fb.minimize(prob, lam, method="reverse", iters=2, steps=3, lr=0.3, meta_batch=3,
+                        **kw)
+        return {"lam": np.asarray(r.lam, dtype=float),
+                "outer_value": np.asarray(r.history.outer_value),
+                "moved": np.float64(np.max(np.abs(r.lam - lam)))}
+    if what == "meta":
+        out = {}
+        if kw["method"] == "ufo":
+            kw["q"] = 0.5
+        # a drawn meta-batch (3 of the 5 tasks); reverse also every task in order
+        for mb in (None, 3) if kw["method"] == "reverse" else (3,):
+            try:
+                r = fb.meta_hypergradient(prob, lam, steps=3, meta_batch=mb, seed=5, **kw)
+            except fb.DivergenceError as e:
+                out[f"{mb}/error"] = np.array(f"DivergenceError: {e}")
+                continue
+            out.update({f"{mb}/grad": r.grad, f"{mb}/value": np.float64(r.value),
+                        f"{mb}/counts": np.array([r.stats["train_steps"],
+                                                  r.stats["corrections"]]),
+                        f"{mb}/tasks": r.stats["tasks"]})
+        return out
     if what == "stocbio":
         r = fb.stocbio(prob, lam, steps=3, batch_size=5, Q=2, outer_batch=4, seed=11, **kw)
         return {"grad": np.asarray(r.grad, dtype=float), "value": np.float64(r.value),
@@ -232,16 +296,15 @@ def main(path):
     errors = {}
     for case in CASES:
         try:
-            prob, lam = problem_of(case)
-            g = prob.to("cuda")
-            assert g.device == "cuda" and prob.device == "cpu"
+            g, lam = problem_of(case, "cuda")
+            assert g.device == "cuda"
             for k, v in run_case(g, lam, case).items():
                 res[f"{case[0]}/{k}"] = v
         except Exception:
             errors[case[0]] = traceback.format_exc()
     # the same case twice: bit-identical (fixed summation order)
-    prob, lam = problem_of(CASES[0])
-    again = run_case(prob.to("cuda"), lam, CASES[0])
+    g, lam = problem_of(CASES[0], "cuda")
+    again = run_case(g, lam, CASES[0])
     for k, v in again.items():
         res[f"again/{k}"] = v
     for k, v in refusals().items():

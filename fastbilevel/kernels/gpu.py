@@ -150,6 +150,38 @@ def _py_kernels(C, TPB):
     LV (B, ≥ n); CR (B, ≥ n) or (B, 0). A single setting is B = 1."""
     row_coefs, weight_of = row_math()
 
+    def _dense_dots(X, i, W, V, want_u, z, u):
+        """z = W x_i and, if ``want_u``, u = V x_i over the features of row i
+        of a dense X (else u = 0)."""
+        for k in range(C):
+            z[k] = 0.0
+            u[k] = 0.0
+        for j in range(X.shape[1]):
+            x = X[i, j]
+            for k in range(C):
+                z[k] += W[k, j] * x
+            if want_u:
+                for k in range(C):
+                    u[k] += V[k, j] * x
+
+    def _col_sums(X, rows, p0, p1, j, CG, CH, want_grad, want_hvp, ag, ah):
+        """ag[k] = Σ_{p0 ≤ p < p1} CG[p, k] X[i_p, j] (ah likewise from CH),
+        i_p = p or rows[p], in increasing p."""
+        for k in range(C):
+            ag[k] = 0.0
+            ah[k] = 0.0
+        for p in range(p0, p1):
+            x = X[rows[p] if rows.shape[0] > 0 else p, j]
+            if want_grad:
+                for k in range(C):
+                    ag[k] += CG[p, k] * x
+            if want_hvp:
+                for k in range(C):
+                    ah[k] += CH[p, k] * x
+
+    dense_dots = cuda.jit(device=True)(_dense_dots)
+    col_sums = cuda.jit(device=True)(_col_sums)
+
     def rows_dense(X, rows, r0, r1, y, A, model, W, V, want_grad, want_hvp, inv_n, CG, CH,
                    LV, CR):
         """Row coefficients of positions r0..r1−1 of setting s: row p, or row
@@ -161,23 +193,30 @@ def _py_kernels(C, TPB):
         hu = cuda.local.array(C, float64)
         s = cuda.blockIdx.y
         Ws, Vs, a, cr = W[s], V[s], A[s], CR[s]
-        d = X.shape[1]
         want_u = want_hvp or cr.shape[0] > 0
         for p in range(r0 + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, r1,
                        cuda.gridDim.x * cuda.blockDim.x):
             i = rows[p] if rows.shape[0] > 0 else p
-            for k in range(C):
-                z[k] = 0.0
-                u[k] = 0.0
-            for j in range(d):
-                x = X[i, j]
-                for k in range(C):
-                    z[k] += Ws[k, j] * x
-                if want_u:
-                    for k in range(C):
-                        u[k] += Vs[k, j] * x
+            dense_dots(X, i, Ws, Vs, want_u, z, u)
             LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
                                  want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
+
+    def rows_tasks(X, xt, y, yt, model, W, V, want_grad, want_hvp, inv_n, CG, CH, LV, E0):
+        """Row coefficients of every row of a task, for B tasks in lockstep
+        (task s = ``blockIdx.y``): its rows X[xt[s]] (X (N, rows, m)), labels
+        y[yt[s]], weights W[s], direction V[s] (C, m), each row weighing
+        ``inv_n``; CG, CH (B, ≥ rows, C), LV (B, ≥ rows) by row. E0: (B, 0)."""
+        z = cuda.local.array(C, float64)
+        u = cuda.local.array(C, float64)
+        dl = cuda.local.array(C, float64)
+        hu = cuda.local.array(C, float64)
+        s = cuda.blockIdx.y
+        Xs, ys, Ws, Vs, none = X[xt[s]], y[yt[s]], W[s], V[s], E0[s]
+        for p in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, Xs.shape[0],
+                       cuda.gridDim.x * cuda.blockDim.x):
+            dense_dots(Xs, p, Ws, Vs, want_hvp, z, u)
+            LV[s, p] = row_coefs(model, ys[p], z, u, inv_n, inv_n, want_grad, want_hvp,
+                                 CG[s, p], CH[s, p], none, p, dl, hu)
 
     def rows_csr(indptr, indices, data, rows, r0, r1, y, A, model, W, V, want_grad,
                  want_hvp, inv_n, CG, CH, LV, CR):
@@ -218,23 +257,32 @@ def _py_kernels(C, TPB):
             return
         ag = cuda.local.array(C, float64)
         ah = cuda.local.array(C, float64)
-        for k in range(C):
-            ag[k] = 0.0
-            ah[k] = 0.0
         end = (t + 1) * ROW_TILE
-        for p in range(t * ROW_TILE, npos if npos < end else end):
-            x = X[rows[p] if rows.shape[0] > 0 else p, j]
-            if want_grad:
-                for k in range(C):
-                    ag[k] += CG[s, p, k] * x
-            if want_hvp:
-                for k in range(C):
-                    ah[k] += CH[s, p, k] * x
+        col_sums(X, rows, t * ROW_TILE, npos if npos < end else end, j, CG[s], CH[s],
+                 want_grad, want_hvp, ag, ah)
         for k in range(C):
             if want_grad:
                 PG[s, t, k, j] = ag[k]
             if want_hvp:
                 PH[s, t, k, j] = ah[k]
+
+    def cols_tasks(X, xt, rows, CG, CH, want_grad, want_hvp, G, HV):
+        """G[s, k, j] = Σ_p CG[s, p, k] X[xt[s], p, j] over all rows of task
+        s's design in row order (HV likewise from CH): a thread per feature,
+        grid (features, tasks); ``rows`` empty."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        Xs = X[xt[s]]
+        if j >= Xs.shape[1]:
+            return
+        ag = cuda.local.array(C, float64)
+        ah = cuda.local.array(C, float64)
+        col_sums(Xs, rows, 0, Xs.shape[0], j, CG[s], CH[s], want_grad, want_hvp, ag, ah)
+        for k in range(C):
+            if want_grad:
+                G[s, k, j] = ag[k]
+            if want_hvp:
+                HV[s, k, j] = ah[k]
 
     def cols_csc(cptr, crow, cval, CG, CH, want_grad, want_hvp, G, HV):
         """G[s, k, j] = Σ_i CG[s, i, k] X[i, j] over column j's nonzeros in row
@@ -315,7 +363,7 @@ def _py_kernels(C, TPB):
             H[s, j] += scales[s] * RD[s, j] * acc
 
     return {"rows_dense": rows_dense, "rows_csr": rows_csr, "cols_dense": cols_dense,
-            "cols_csc": cols_csc, "scatter_runs": scatter_runs,
+            "cols_csc": cols_csc, "rows_tasks": rows_tasks, "cols_tasks": cols_tasks, "scatter_runs": scatter_runs,
             "row_axpy_dense": row_axpy_dense,
             "row_axpy_csr": row_axpy_csr, "cross_feature": cross_feature}
 
@@ -537,6 +585,88 @@ def _fsla_state(W, V, G, P, HV, tau, beta):
         V[e] += beta * (P[e] - HV[e])
 
 
+# ------------------------------------------------ multi-task kernels
+# (C-independent) B tasks in lockstep, each a block of (B, ...) arrays;
+# a thread per output entry, its sum in the CPU's order (kernels.meta).
+
+def _embed_tasks(X, xt, P, E):
+    """E[s, i, a] = Σ_j X[xt[s], i, j] P[a, j] (rounded to E's dtype, the
+    data's): the embedded rows of task xt[s]."""
+    e = cuda.grid(1)
+    B, n, k = E.shape
+    if e < B * n * k:
+        s = e // (n * k)
+        i = (e - s * n * k) // k
+        a = e - s * n * k - i * k
+        Xs = X[xt[s]]
+        acc = 0.0
+        for j in range(P.shape[1]):
+            acc += Xs[i, j] * P[a, j]
+        E[s, i, a] = acc
+
+
+def _task_u(W, V, P, want_v, U, VP):
+    """U[s] = W[s] P and VP[s] = V[s] P (0 without ``want_v``): the model's
+    weights and direction of a head W (B, c, k) on the embedding P (k, d)."""
+    e = cuda.grid(1)
+    B, c, d = U.shape
+    if e < B * c * d:
+        s = e // (c * d)
+        r = (e - s * c * d) // d
+        j = e - s * c * d - r * d
+        u = 0.0
+        v = 0.0
+        for a in range(P.shape[0]):
+            u += W[s, r, a] * P[a, j]
+            if want_v:
+                v += V[s, r, a] * P[a, j]
+        U[s, r, j] = u
+        VP[s, r, j] = v
+
+
+def _task_project(Gx, Hx, P, W, V, reg, want_hvp, G, HV):
+    """G[s] = Gx[s] Pᵀ + reg W[s] and, with ``want_hvp``, HV[s] = Hx[s] Pᵀ +
+    reg V[s]: the head's gradient and Hessian-vector product."""
+    e = cuda.grid(1)
+    B, c, k = G.shape
+    if e < B * c * k:
+        s = e // (c * k)
+        r = (e - s * c * k) // k
+        a = e - s * c * k - r * k
+        g = 0.0
+        h = 0.0
+        for j in range(P.shape[1]):
+            g += Gx[s, r, j] * P[a, j]
+            if want_hvp:
+                h += Hx[s, r, j] * P[a, j]
+        G[s, r, a] = g + reg * W[s, r, a]
+        if want_hvp:
+            HV[s, r, a] = h + reg * V[s, r, a]
+
+
+def _task_cross(Gx, Hx, W, V, want_hvp, Cp):
+    """Cp[s, a, j] = Σ_r W[s, r, a] Gx[s, r, j] (the embedding's gradient) or,
+    with ``want_hvp``, Σ_r W[s, r, a] Hx[s, r, j] + V[s, r, a] Gx[s, r, j]."""
+    e = cuda.grid(1)
+    B, k, d = Cp.shape
+    if e < B * k * d:
+        s = e // (k * d)
+        a = (e - s * k * d) // d
+        j = e - s * k * d - a * d
+        acc = 0.0
+        for r in range(W.shape[1]):
+            if want_hvp:
+                acc += W[s, r, a] * Hx[s, r, j]
+                acc += V[s, r, a] * Gx[s, r, j]
+            else:
+                acc += W[s, r, a] * Gx[s, r, j]
+        Cp[s, a, j] = acc
+
+
+TASK_KERNELS = {"embed_tasks": _embed_tasks, "task_u": _task_u,
+                "task_project": _task_project, "task_cross": _task_cross}
+
+
 VECTOR_KERNELS = {
     "copy": _copy, "fill": _fill, "sum_tiles": _sum_tiles, "partial_sums": _partial_sums,
     "partial_dots": _partial_dots, "sum_parts": _sum_parts,
@@ -549,7 +679,8 @@ VECTOR_KERNELS = {
 }
 
 # the kernels that do not depend on C (compiled once, whatever the class count)
-C_INDEPENDENT = frozenset(VECTOR_KERNELS) | {"draw_replace", "draw_shuffle", "rank_sort"}
+C_INDEPENDENT = (frozenset(VECTOR_KERNELS) | frozenset(TASK_KERNELS)
+                 | {"draw_replace", "draw_shuffle", "rank_sort"})
 
 
 def py_kernels(C, TPB):
@@ -557,6 +688,7 @@ def py_kernels(C, TPB):
     functions (name → function), for ``numba.cuda.compile_ptx``."""
     out = dict(_py_kernels(C, TPB))
     out.update(VECTOR_KERNELS)
+    out.update(TASK_KERNELS)
     out.update(_py_sampler_kernels())
     return out
 
@@ -566,6 +698,7 @@ def vector_kernels():
     """The C-independent kernels, as CUDA kernels (each compiled on its
     first launch)."""
     ks = dict(VECTOR_KERNELS)
+    ks.update(TASK_KERNELS)
     ks.update(_py_sampler_kernels())
     return _pytypes.SimpleNamespace(**{k: cuda.jit(f) for k, f in ks.items()})
 
@@ -583,7 +716,7 @@ def ptx_signatures(C, xdtype):
     float type (float32 or float64)."""
     f1, f2, f3, f4 = float64[::1], float64[:, ::1], float64[:, :, ::1], float64[:, :, :, ::1]
     x = {np.float32: float32, np.float64: float64}[np.dtype(xdtype).type]
-    X, xv, i1 = x[:, ::1], x[::1], int64[::1]
+    X, xv, i1, X3 = x[:, ::1], x[::1], int64[::1], x[:, :, ::1]
     B, I, F = boolean, int64, float64
     rows = (i1, int64, int64, f1, f2, I, f3, f3, B, B, F, f3, f3, f2, f2)
     return {
@@ -591,6 +724,11 @@ def ptx_signatures(C, xdtype):
         "rows_csr": (i1, int32[::1], xv) + rows,
         "cols_dense": (X, i1, I, f3, f3, B, B, f4, f4),
         "cols_csc": (i1, i1, xv, f3, f3, B, B, f3, f3),
+        "rows_tasks": (X3, i1, f2, i1, I, f3, f3, B, B, F, f3, f3, f2, f2),
+        "cols_tasks": (X3, i1, i1, f3, f3, B, B, f3, f3),
+        "embed_tasks": (X3, i1, f2, X3), "task_u": (f3, f3, f2, B, f3, f3),
+        "task_project": (f3, f3, f2, f3, f3, F, B, f3, f3),
+        "task_cross": (f3, f3, f3, f3, B, f3),
         "scatter_runs": (i1, f3, f3, B, B, f3, f3),
         "row_axpy_dense": (X, I, F, f2, f2),
         "row_axpy_csr": (i1, int32[::1], xv, I, F, f2, f2),
