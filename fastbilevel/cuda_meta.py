@@ -73,8 +73,9 @@ class CUDAMetaBackend(_Device):
                                             lambda cap: ((B, c, d),) * 4, 1)
             self._ew(VK.task_u, B * c * d, W, V, P, want_hvp, Wm, Vm)
         K = self._k(c)
-        K.rows_tasks[(self._blocks(rows), B), self.tpb](X, xt, y, yt, model, Wm, Vm, True,
-                                                       want_hvp, 1.0 / rows, CG, CH, LV, E0)
+        K.rows_tasks[(self._blocks(rows), B), self.tpb](X, xt, self._noidx, y, yt, model, Wm,
+                                                       Vm, True, want_hvp, 1.0 / rows, CG, CH,
+                                                       LV, E0)
         K.cols_tasks[(-(-d // self.tpb), B), self.tpb](X, xt, self._noidx, CG, CH, True,
                                                       want_hvp, Gm, Hm)
         if P is None:

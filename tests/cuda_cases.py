@@ -47,16 +47,17 @@ def _cases():
                          ("implicit", {"linear_solver": "heavy_ball", "K": 8})):
             tag = kw.get("linear_solver", "")
             out.append((f"{meth}{tag}-{m}-{h}-{f}", m, h, f, meth, kw))
-    for m in MODELS:    # forward mode's per-map tangent terms, every map
-        for h in ("sample_weights", "l2", "init"):
-            out.append((f"forward-{m}-{h}-dense64", m, h, "dense64", "forward", {}))
+    # forward mode's per-map tangent terms of the maps not above, one model each
+    for m, h in zip(MODELS, ("sample_weights", "l2", "init")):
+        out.append((f"forward-{m}-{h}-dense64", m, h, "dense64", "forward", {}))
     # sweep: the GPU runs its batched kernels (3 settings in lockstep, one
     # grid row each) on every model × map × format; every batched method and
     # solver on two problems; setting by setting; one setting diverging
-    for m in MODELS:
-        for h in HYPERS:
-            for f in ("dense64", "csr64"):
-                out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
+    # (every model × map, the formats alternating: the single-setting cases
+    # above run the same batched kernels with B = 1 on both formats)
+    for k, (m, h) in enumerate((m, h) for m in MODELS for h in HYPERS):
+        f = ("dense64", "csr64")[k % 2]
+        out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
     # multi-start outer loops in lockstep on the batched kernels
     out.append(("many-logistic-feature_l2-csr64", "logistic", "feature_l2", "csr64", "many", {}))
     for f in ("dense32", "csr32"):
@@ -129,13 +130,13 @@ CASES = _cases()
 
 
 def meta_problem_of(case, device):
-    """A small multi-task problem (5 tasks of 6 train and 5 test rows, d = 4;
+    """A small multi-task problem (5 tasks of 4 train and 4 test rows, d = 4;
     ANIL with k = 3) and a θ. Float32 tasks ("dense32") on the GPU are
     compared with the same values in float64 on the CPU (the CPU's float32
     meta kernels would compile for most of a minute, for this case alone)."""
     import fastbilevel as fb
     _, m, h, f, _, _ = case
-    ds = fb.datasets.few_shot(n_tasks=5, shots=6, test_shots=5, d=4, model=m, n_classes=3,
+    ds = fb.datasets.few_shot(n_tasks=5, shots=4, test_shots=4, d=4, model=m, n_classes=3,
                               seed=2, dtype=np.float32 if f == "dense32" else np.float64)
     prob = ds.problem(reg=0.1, hyper=h, k=3 if h == "feature_map" else None,
                       dtype=np.float32 if f == "dense32" and device == "cuda" else np.float64)
@@ -287,8 +288,82 @@ def refusals():
     return out
 
 
+def _fix_simulator():
+    """Two fixes to Numba's CUDA simulator, which runs a block's threads as
+    Python threads (each applied only where the simulator's code is the one
+    it replaces; the run fails on a mismatch rather than go on unfixed):
+
+    * ``cuda.shared.array``: the simulator finds a block's array by the
+      line that declares it, but its lookup-then-insert is not locked, so two
+      threads reaching the line first can each get an array of their own
+      (threads then read entries no thread wrote). The same lookup, locked.
+    * its block loop polls the threads without pause while they wait at a
+      syncthreads; the same loop yielding the GIL on every round, with the
+      interpreter switching threads every 10 µs instead of 5 ms.
+    """
+    import inspect
+    import threading
+    from numba.cuda.simulator import kernel as K
+    from numba.cuda.simulator import kernelapi as KA
+    from numba.np import numpy_support
+    from numba.core import types
+    shared_src = inspect.getsource(KA.FakeCUDAShared.array)
+    block_src = inspect.getsource(K.BlockManager)
+    for need, src in (("self._allocations.get(caller)", shared_src),
+                      ("self._dynshared_size // dtype.itemsize", shared_src),
+                      ("syncthreads_blocked", block_src), ("self._block_dim", block_src)):
+        assert need in src, f"the simulator changed ({need!r} not found): update _fix_simulator"
+    lock = threading.Lock()
+    plain = KA.FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:
+            return plain(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        f = sys._getframe(1)
+        caller = (f.f_code.co_filename, f.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+    KA.FakeCUDAShared.array = array
+
+    sys.setswitchinterval(1e-5)
+    BT, BM = K.BlockThread, K.BlockManager
+
+    def run(self, grid_point, *args):
+        def target():
+            self._f(*args)
+        threads = [BT(target, self, grid_point, bp, self._debug)
+                   for bp in np.ndindex(*self._block_dim)]
+        for t in threads:
+            t.start()
+        live = threads
+        while live:
+            time.sleep(0)
+            for t in live:
+                if t.exception:
+                    for o in threads:
+                        o.abort = True
+                        o.syncthreads_blocked = False
+                        o.syncthreads_event.set()
+                    raise t.exception[0].with_traceback(t.exception[1])
+            live = [t for t in live if t.is_alive()]
+            if live and all(t.syncthreads_blocked for t in live):
+                for t in live:
+                    t.syncthreads_blocked = False
+                    t.syncthreads_event.set()
+        for t in threads:
+            if t.exception:
+                raise t.exception[0].with_traceback(t.exception[1])
+    BM.run = run
+
+
 def main(path):
     import fastbilevel as fb
+    _fix_simulator()
     from fastbilevel.cuda import simulated
     assert simulated(), "run with NUMBA_ENABLE_CUDASIM=1"
     t0 = time.perf_counter()

@@ -14,10 +14,15 @@ A pass over the rows has two kernels, each writing every output from one
 thread in a fixed order (no float atomics, so a result is the same on every
 run and every GPU):
 
-* rows: a thread per row (grid-stride) computes the dots z = W x_i and
-  u = V x_i over the row's features (dense) or nonzeros (CSR), applies the
-  row math and writes the row's coefficients ``CG[i] = a_i ℓ'(z)/n``,
-  ``CH[i] = a_i ℓ''(z)u/n``, its weighted loss and its cross term;
+* rows: a thread per row computes the dots z = W x_i and u = V x_i over
+  the row's features (dense) or nonzeros (CSR), applies the row math and
+  writes the row's coefficients ``CG[i] = a_i ℓ'(z)/n``,
+  ``CH[i] = a_i ℓ''(z)u/n``, its weighted loss and its cross term. Dense:
+  a block takes a tile of rows (one per thread, grid-stride over tiles)
+  and stages it through shared memory a chunk of features at a time: the
+  block reads the chunk of its rows coalesced (neighbouring threads read
+  neighbouring entries of a row) and the matching panel of W and V, then
+  each thread adds its row's dots over the chunk, in feature order;
 * columns: G = Σ_i CG[i] ⊗ x_i. Dense: a thread per feature within a tile
   of ``ROW_TILE`` rows (neighbouring threads read neighbouring entries of
   X), the tiles' partial sums added in tile order by a second kernel. CSR:
@@ -38,8 +43,8 @@ Minibatches are drawn on the device by the CPU's counter-based sampler
 (:mod:`.sampling`, compiled as device functions the same way), so a seed
 draws the same rows on either device.
 
-This first version has no shared-memory tiles and no warp reductions: it
-is written to be right and deterministic, and has not been timed on a GPU.
+The CSR row kernel reads each row's nonzeros from one thread (no warp per
+row yet), and nothing here has been timed on a GPU.
 
 Every kernel is made by a factory keyed on the class count ``C`` and the
 threads per block ``TPB`` (both compile-time constants for the local and
@@ -149,20 +154,54 @@ def _py_kernels(C, TPB):
     W, V (B, C, d); A (B, n) sample weights or (B, 0); CG, CH (B, ≥ n, C);
     LV (B, ≥ n); CR (B, ≥ n) or (B, 0). A single setting is B = 1."""
     row_coefs, weight_of = row_math()
+    # features per chunk staged in shared memory: the tile (TPB × (KC+1)) and
+    # the W, V panels (C × KC each), float64, within 48 KiB per block; 16
+    # float64 = one 128-byte line of a row per chunk, and ~18 KiB per block
+    # for TPB = 128 (several blocks per SM)
+    KC = max(1, min(16, (49152 - 8 * TPB) // (8 * TPB + 16 * C)))
+    KC1 = KC + 1                # a padded row: threads' rows fall in different banks
 
-    def _dense_dots(X, i, W, V, want_u, z, u):
-        """z = W x_i and, if ``want_u``, u = V x_i over the features of row i
-        of a dense X (else u = 0)."""
+    def _tile_dots(X, rows, base, r1, W, V, want_u, sX, sW, sV, z, u):
+        """The dots of a tile of rows staged through shared memory: the
+        block's rows base..base+blockDim−1 (those < r1; row p is X's row p,
+        or rows[p] of a minibatch). Each chunk of KC features of the tile's
+        rows (read coalesced: neighbouring threads read neighbouring entries
+        of a row) and of W, V goes to shared memory; then the thread of row
+        base + threadIdx.x adds z = W x, and u = V x if ``want_u`` (else
+        u = 0), over the chunk in increasing feature order. Every thread of
+        the block calls it (it synchronizes the block)."""
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        nrow = r1 - base if r1 - base < nt else nt
         for k in range(C):
             z[k] = 0.0
             u[k] = 0.0
-        for j in range(X.shape[1]):
-            x = X[i, j]
-            for k in range(C):
-                z[k] += W[k, j] * x
-            if want_u:
-                for k in range(C):
-                    u[k] += V[k, j] * x
+        d = X.shape[1]
+        for j0 in range(0, d, KC):
+            w = d - j0 if d - j0 < KC else KC
+            for e in range(t, nrow * KC, nt):
+                r = e // KC
+                jj = e - r * KC
+                if jj < w:
+                    p = base + r
+                    sX[r, jj] = X[rows[p] if rows.shape[0] > 0 else p, j0 + jj]
+            for e in range(t, C * KC, nt):
+                k = e // KC
+                jj = e - k * KC
+                if jj < w:
+                    sW[k, jj] = W[k, j0 + jj]
+                    if want_u:
+                        sV[k, jj] = V[k, j0 + jj]
+            cuda.syncthreads()
+            if t < nrow:
+                for jj in range(w):
+                    x = sX[t, jj]
+                    for k in range(C):
+                        z[k] += sW[k, jj] * x
+                    if want_u:
+                        for k in range(C):
+                            u[k] += sV[k, jj] * x
+            cuda.syncthreads()
 
     def _col_sums(X, rows, p0, p1, j, CG, CH, want_grad, want_hvp, ag, ah):
         """ag[k] = Σ_{p0 ≤ p < p1} CG[p, k] X[i_p, j] (ah likewise from CH),
@@ -179,44 +218,58 @@ def _py_kernels(C, TPB):
                 for k in range(C):
                     ah[k] += CH[p, k] * x
 
-    dense_dots = cuda.jit(device=True)(_dense_dots)
+    tile_dots = cuda.jit(device=True)(_tile_dots)
     col_sums = cuda.jit(device=True)(_col_sums)
 
     def rows_dense(X, rows, r0, r1, y, A, model, W, V, want_grad, want_hvp, inv_n, CG, CH,
                    LV, CR):
         """Row coefficients of positions r0..r1−1 of setting s: row p, or row
         rows[p] of a minibatch (``rows`` not empty); outputs by position (see
-        the module docstring)."""
+        the module docstring). A block takes a tile of blockDim positions at
+        a time (grid-stride), staged through shared memory."""
         z = cuda.local.array(C, float64)
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
+        sX = cuda.shared.array((TPB, KC1), float64)
+        sW = cuda.shared.array((C, KC), float64)
+        sV = cuda.shared.array((C, KC), float64)
         s = cuda.blockIdx.y
         Ws, Vs, a, cr = W[s], V[s], A[s], CR[s]
         want_u = want_hvp or cr.shape[0] > 0
-        for p in range(r0 + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, r1,
-                       cuda.gridDim.x * cuda.blockDim.x):
-            i = rows[p] if rows.shape[0] > 0 else p
-            dense_dots(X, i, Ws, Vs, want_u, z, u)
-            LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
-                                 want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
+        nt = cuda.blockDim.x
+        for base in range(r0 + cuda.blockIdx.x * nt, r1, cuda.gridDim.x * nt):
+            tile_dots(X, rows, base, r1, Ws, Vs, want_u, sX, sW, sV, z, u)
+            p = base + cuda.threadIdx.x
+            if p < r1:
+                i = rows[p] if rows.shape[0] > 0 else p
+                LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n,
+                                     want_grad, want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
 
-    def rows_tasks(X, xt, y, yt, model, W, V, want_grad, want_hvp, inv_n, CG, CH, LV, E0):
+    def rows_tasks(X, xt, rows, y, yt, model, W, V, want_grad, want_hvp, inv_n, CG, CH, LV,
+                   E0):
         """Row coefficients of every row of a task, for B tasks in lockstep
         (task s = ``blockIdx.y``): its rows X[xt[s]] (X (N, rows, m)), labels
         y[yt[s]], weights W[s], direction V[s] (C, m), each row weighing
-        ``inv_n``; CG, CH (B, ≥ rows, C), LV (B, ≥ rows) by row. E0: (B, 0)."""
+        ``inv_n``; CG, CH (B, ≥ rows, C), LV (B, ≥ rows) by row. ``rows``
+        empty; E0: (B, 0). Tiles as ``rows_dense``."""
         z = cuda.local.array(C, float64)
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
+        sX = cuda.shared.array((TPB, KC1), float64)
+        sW = cuda.shared.array((C, KC), float64)
+        sV = cuda.shared.array((C, KC), float64)
         s = cuda.blockIdx.y
         Xs, ys, Ws, Vs, none = X[xt[s]], y[yt[s]], W[s], V[s], E0[s]
-        for p in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, Xs.shape[0],
-                       cuda.gridDim.x * cuda.blockDim.x):
-            dense_dots(Xs, p, Ws, Vs, want_hvp, z, u)
-            LV[s, p] = row_coefs(model, ys[p], z, u, inv_n, inv_n, want_grad, want_hvp,
-                                 CG[s, p], CH[s, p], none, p, dl, hu)
+        n = Xs.shape[0]
+        nt = cuda.blockDim.x
+        for base in range(cuda.blockIdx.x * nt, n, cuda.gridDim.x * nt):
+            tile_dots(Xs, rows, base, n, Ws, Vs, want_hvp, sX, sW, sV, z, u)
+            p = base + cuda.threadIdx.x
+            if p < n:
+                LV[s, p] = row_coefs(model, ys[p], z, u, inv_n, inv_n, want_grad, want_hvp,
+                                     CG[s, p], CH[s, p], none, p, dl, hu)
 
     def rows_csr(indptr, indices, data, rows, r0, r1, y, A, model, W, V, want_grad,
                  want_hvp, inv_n, CG, CH, LV, CR):
@@ -724,7 +777,7 @@ def ptx_signatures(C, xdtype):
         "rows_csr": (i1, int32[::1], xv) + rows,
         "cols_dense": (X, i1, I, f3, f3, B, B, f4, f4),
         "cols_csc": (i1, i1, xv, f3, f3, B, B, f3, f3),
-        "rows_tasks": (X3, i1, f2, i1, I, f3, f3, B, B, F, f3, f3, f2, f2),
+        "rows_tasks": (X3, i1, i1, f2, i1, I, f3, f3, B, B, F, f3, f3, f2, f2),
         "cols_tasks": (X3, i1, i1, f3, f3, B, B, f3, f3),
         "embed_tasks": (X3, i1, f2, X3), "task_u": (f3, f3, f2, B, f3, f3),
         "task_project": (f3, f3, f2, f3, f3, F, B, f3, f3),
