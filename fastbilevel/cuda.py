@@ -407,12 +407,12 @@ class CUDABackend(_Device):
         _, CG, CH, LV, _, _ = self._buffers(dev.dense, 1, dev.n, c)
         none = _one(self._empty)
         args = (dev.y, none, model, _one(W), _one(W), True, False, 1.0, CG, CH, LV, none)
-        if dev.dense:
-            K.rows_dense[(1, 1), 1](dev.X, self._noidx, i, i + 1, *args)
+        if dev.dense:               # one block (its first thread or lane group: row i)
+            K.rows_dense[(1, 1), self.tpb](dev.X, self._noidx, i, i + 1, *args)
             self._ew(K.row_axpy_dense, self.d, dev.X, i, coef, CG[0], out)
         else:
-            K.rows_csr[(1, 1), 1](dev.indptr, dev.indices, dev.data, self._noidx, i, i + 1,
-                                  *args)
+            K.rows_csr[(1, 1), self.tpb](dev.indptr, dev.indices, dev.data, self._noidx, i,
+                                         i + 1, *args)
             g, b = self._vgrid(max(1, self.d))
             K.row_axpy_csr[g, b](dev.indptr, dev.indices, dev.data, i, coef, CG[0], out)
 

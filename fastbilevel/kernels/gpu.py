@@ -43,8 +43,10 @@ Minibatches are drawn on the device by the CPU's counter-based sampler
 (:mod:`.sampling`, compiled as device functions the same way), so a seed
 draws the same rows on either device.
 
-The CSR row kernel reads each row's nonzeros from one thread (no warp per
-row yet), and nothing here has been timed on a GPU.
+CSR rows take a warp each (``LANES`` threads: 32 on a GPU, for up to 12
+classes): the lanes read the row's nonzeros coalesced and their partial
+dots are added by a fixed tree in shared memory, so the sum's order does
+not depend on timing. Nothing here has been timed on a GPU yet.
 
 Every kernel is made by a factory keyed on the class count ``C`` and the
 threads per block ``TPB`` (both compile-time constants for the local and
@@ -160,6 +162,11 @@ def _py_kernels(C, TPB):
     # for TPB = 128 (several blocks per SM)
     KC = max(1, min(16, (49152 - 8 * TPB) // (8 * TPB + 16 * C)))
     KC1 = KC + 1                # a padded row: threads' rows fall in different banks
+    # CSR: LANES threads per row (a warp for TPB = 128), while their (TPB, C)
+    # partial dots z and u fit in 24 KiB of shared memory (C ≤ 12); a thread
+    # per row past that
+    LANES = min(32, TPB // 2) if 16 * TPB * C <= 24576 else 1
+    SR, SC = (TPB, C) if LANES > 1 else (1, 1)
 
     def _tile_dots(X, rows, base, r1, W, V, want_u, sX, sW, sV, z, u):
         """The dots of a tile of rows staged through shared memory: the
@@ -274,30 +281,59 @@ def _py_kernels(C, TPB):
     def rows_csr(indptr, indices, data, rows, r0, r1, y, A, model, W, V, want_grad,
                  want_hvp, inv_n, CG, CH, LV, CR):
         """Row coefficients of positions r0..r1−1 of a CSR design (as
-        ``rows_dense``)."""
+        ``rows_dense``). LANES threads per row (a warp on a GPU): lane l reads
+        the row's nonzeros l, l + LANES, ... (neighbouring lanes read
+        neighbouring entries), and the lanes' partial dots are added by a
+        fixed tree in shared memory; the first lane applies the row math.
+        The block takes blockDim/LANES rows at a time (grid-stride)."""
         z = cuda.local.array(C, float64)
         u = cuda.local.array(C, float64)
         dl = cuda.local.array(C, float64)
         hu = cuda.local.array(C, float64)
+        sZ = cuda.shared.array((SR, SC), float64)
+        sU = cuda.shared.array((SR, SC), float64)
         s = cuda.blockIdx.y
         Ws, Vs, a, cr = W[s], V[s], A[s], CR[s]
         want_u = want_hvp or cr.shape[0] > 0
-        for p in range(r0 + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, r1,
-                       cuda.gridDim.x * cuda.blockDim.x):
-            i = rows[p] if rows.shape[0] > 0 else p
+        t = cuda.threadIdx.x
+        g = t // LANES
+        lane = t - g * LANES
+        groups = cuda.blockDim.x // LANES
+        for base in range(r0 + cuda.blockIdx.x * groups, r1, cuda.gridDim.x * groups):
+            p = base + g
             for k in range(C):
                 z[k] = 0.0
                 u[k] = 0.0
-            for q in range(indptr[i], indptr[i + 1]):
-                j = indices[q]
-                x = data[q]
-                for k in range(C):
-                    z[k] += Ws[k, j] * x
-                if want_u:
+            i = 0
+            if p < r1:
+                i = rows[p] if rows.shape[0] > 0 else p
+                for q in range(indptr[i] + lane, indptr[i + 1], LANES):
+                    j = indices[q]
+                    x = data[q]
                     for k in range(C):
-                        u[k] += Vs[k, j] * x
-            LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n, want_grad,
-                                 want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
+                        z[k] += Ws[k, j] * x
+                    if want_u:
+                        for k in range(C):
+                            u[k] += Vs[k, j] * x
+            if LANES > 1:
+                for k in range(C):
+                    sZ[t, k] = z[k]
+                    sU[t, k] = u[k]
+                cuda.syncthreads()
+                h = LANES // 2
+                while h > 0:
+                    if lane < h:
+                        for k in range(C):
+                            sZ[t, k] += sZ[t + h, k]
+                            sU[t, k] += sU[t + h, k]
+                    cuda.syncthreads()
+                    h //= 2
+                for k in range(C):
+                    z[k] = sZ[t, k]
+                    u[k] = sU[t, k]
+            if p < r1 and lane == 0:
+                LV[s, p] = row_coefs(model, y[i], z, u, weight_of(a, i, inv_n), inv_n,
+                                     want_grad, want_hvp, CG[s, p], CH[s, p], cr, p, dl, hu)
 
     def cols_dense(X, rows, npos, CG, CH, want_grad, want_hvp, PG, PH):
         """PG[s, t, k, j] = Σ_{p in tile t} CG[s, p, k] X[i_p, j] (PH likewise
