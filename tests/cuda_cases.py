@@ -298,8 +298,8 @@ def _fix_simulator():
       threads reaching the line first can each get an array of their own
       (threads then read entries no thread wrote). The same lookup, locked.
     * its block loop polls the threads without pause while they wait at a
-      syncthreads; the same loop yielding the GIL on every round, with the
-      interpreter switching threads every 10 µs instead of 5 ms.
+      syncthreads, holding the GIL they need to get there; the same loop,
+      yielding the GIL on every round.
     """
     import inspect
     import threading
@@ -330,7 +330,6 @@ def _fix_simulator():
         return res
     KA.FakeCUDAShared.array = array
 
-    sys.setswitchinterval(1e-5)
     BT, BM = K.BlockThread, K.BlockManager
 
     def run(self, grid_point, *args):
