@@ -66,3 +66,36 @@ class CPUBackend:
 
 
 CPU = CPUBackend()
+
+
+class OnDevice:
+    """``device``, ``to`` and device selection for a problem class whose GPU
+    backend is ``_GPU_BACKEND`` (module, class name), built from the problem."""
+
+    _GPU_BACKEND = ("fastbilevel.cuda", "CUDABackend")
+
+    def _set_device(self, device):
+        from . import _checks
+        device = _checks.check_choice("device", device, ("cpu", "cuda"))
+        if device == "cpu":
+            self.backend = CPU
+        else:
+            import importlib
+            module, name = self._GPU_BACKEND
+            self.backend = getattr(importlib.import_module(module), name)(self)
+
+    @property
+    def device(self):
+        """Where the passes run: "cpu" or "cuda"."""
+        return self.backend.name
+
+    def to(self, device):
+        """This problem on ``device`` ("cpu" or "cuda"): a new problem sharing
+        the host arrays, whose passes run there (for "cuda", its data is
+        copied to the GPU once, here). Every method takes and returns NumPy
+        arrays on either device. ``device="cuda"`` without a usable GPU raises
+        :class:`fastbilevel.DeviceError`."""
+        import copy
+        other = copy.copy(self)
+        other._set_device(device)
+        return other

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _checks
 from ._checks import DivergenceError, check_bytes, check_seed, check_step_bound
-from .backend import CPU
+from .backend import OnDevice
 from ._results import HypergradientResult
 from ._codes import META_FIRST_ORDER, META_RECOMPUTE, META_REVERSE, META_UFO
 from ._registry import MODELS
@@ -32,7 +32,7 @@ def _task_array(name, A, ndim, dtype):
 HYPERS = ("init", "feature_map")
 
 
-class MultiTaskProblem:
+class MultiTaskProblem(OnDevice):
     """Many tasks sharing what meta-learning learns: the inner loop's start
     (``hyper="init"``, MAML) or a linear embedding and the head's start
     (``hyper="feature_map"``, ANIL).
@@ -118,28 +118,7 @@ class MultiTaskProblem:
         self._L = None
         self._set_device(device)
 
-    def _set_device(self, device):
-        device = _checks.check_choice("device", device, ("cpu", "cuda"))
-        if device == "cpu":
-            self.backend = CPU
-        else:
-            from .cuda_meta import CUDAMetaBackend
-            self.backend = CUDAMetaBackend(self)
-
-    @property
-    def device(self):
-        """Where the passes run: "cpu" or "cuda"."""
-        return self.backend.name
-
-    def to(self, device):
-        """This problem on ``device`` ("cpu" or "cuda"): a new problem sharing
-        the host arrays (for "cuda" the tasks are copied to the GPU once,
-        here). ``device="cuda"`` without a usable GPU raises
-        :class:`fastbilevel.DeviceError`."""
-        import copy
-        other = copy.copy(self)
-        other._set_device(device)
-        return other
+    _GPU_BACKEND = ("fastbilevel.cuda_meta", "CUDAMetaBackend")
 
     @property
     def _m(self):

@@ -5,12 +5,12 @@ import numpy as np
 
 from . import _checks
 from ._codes import LINEAR
-from .backend import CPU
+from .backend import CPU, OnDevice
 from .kernels.data import Data
 from ._registry import MAPS, MODELS, HyperParams  # noqa: F401 (HyperParams: public type)
 
 
-class BilevelProblem:
+class BilevelProblem(OnDevice):
     """A bilevel problem min_λ f(ŵ(λ)), ŵ(λ) from an inner solver on g(·, λ).
 
     g(w, λ) = (1/n) Σ_i a_i(λ) ℓ(x_iᵀw; y_i) + r(w, λ),
@@ -85,25 +85,12 @@ class BilevelProblem:
         self._set_device(device)
 
     # ----------------------------------------------------------------- device
-    def _set_device(self, device):
-        device = _checks.check_choice("device", device, ("cpu", "cuda"))
-        if device == "cpu":
-            self.backend = CPU
-        else:
-            from .cuda import CUDABackend
-            self.backend = CUDABackend(self)
-
-    @property
-    def device(self):
-        """Where the passes run: "cpu" or "cuda"."""
-        return self.backend.name
-
     def to(self, device):
         """This problem on ``device`` ("cpu" or "cuda"): a new problem sharing
         the host arrays, whose passes run there (for "cuda", its data is
         copied to the GPU once, here). Every method takes and returns NumPy
         arrays on either device. ``device="cuda"`` without a usable GPU raises
-        :class:`fastbilevel.cuda.DeviceError`.
+        :class:`fastbilevel.DeviceError`.
 
         On the GPU today: the oracles, ``hypergradient`` with every exact
         method (reverse, checkpointed, recompute, truncated, forward,
@@ -111,10 +98,7 @@ class BilevelProblem:
         FSLA, ``solve`` and ``minimize`` with those methods, ``sweep`` (B
         settings in lockstep). The stochastic solver family and
         ``sweep(client=)`` refuse a GPU problem (use ``.to("cpu")``)."""
-        import copy
-        other = copy.copy(self)
-        other._set_device(device)
-        return other
+        return OnDevice.to(self, device)
 
     # ---------------------------------------------------------------- layouts
     @property

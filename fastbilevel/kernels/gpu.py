@@ -678,15 +678,23 @@ def _fsla_state(W, V, G, P, HV, tau, beta):
 # (C-independent) B tasks in lockstep, each a block of (B, ...) arrays;
 # a thread per output entry, its sum in the CPU's order (kernels.meta).
 
+def _entry3_py(e, n1, n2):
+    """(s, a, b): the entry e of a C-ordered (·, n1, n2) array."""
+    s = e // (n1 * n2)
+    r = e - s * n1 * n2
+    a = r // n2
+    return s, a, r - a * n2
+
+
+_entry3 = cuda.jit(device=True)(_entry3_py)
+
 def _embed_tasks(X, xt, P, E):
     """E[s, i, a] = Σ_j X[xt[s], i, j] P[a, j] (rounded to E's dtype, the
     data's): the embedded rows of task xt[s]."""
     e = cuda.grid(1)
     B, n, k = E.shape
     if e < B * n * k:
-        s = e // (n * k)
-        i = (e - s * n * k) // k
-        a = e - s * n * k - i * k
+        s, i, a = _entry3(e, n, k)
         Xs = X[xt[s]]
         acc = 0.0
         for j in range(P.shape[1]):
@@ -700,9 +708,7 @@ def _task_u(W, V, P, want_v, U, VP):
     e = cuda.grid(1)
     B, c, d = U.shape
     if e < B * c * d:
-        s = e // (c * d)
-        r = (e - s * c * d) // d
-        j = e - s * c * d - r * d
+        s, r, j = _entry3(e, c, d)
         u = 0.0
         v = 0.0
         for a in range(P.shape[0]):
@@ -719,9 +725,7 @@ def _task_project(Gx, Hx, P, W, V, reg, want_hvp, G, HV):
     e = cuda.grid(1)
     B, c, k = G.shape
     if e < B * c * k:
-        s = e // (c * k)
-        r = (e - s * c * k) // k
-        a = e - s * c * k - r * k
+        s, r, a = _entry3(e, c, k)
         g = 0.0
         h = 0.0
         for j in range(P.shape[1]):
@@ -739,9 +743,7 @@ def _task_cross(Gx, Hx, W, V, want_hvp, Cp):
     e = cuda.grid(1)
     B, k, d = Cp.shape
     if e < B * k * d:
-        s = e // (k * d)
-        a = (e - s * k * d) // d
-        j = e - s * k * d - a * d
+        s, a, j = _entry3(e, k, d)
         acc = 0.0
         for r in range(W.shape[1]):
             if want_hvp:
