@@ -61,7 +61,7 @@ class CUDAMetaBackend(_Device):
         gets ∂_P L (or, with ``want_hvp``, ∂_P ⟨∇_W L, V⟩) as
         ``kernels.meta.task_pass``. Returns each task's L + (reg/2)‖W‖²
         (host (B,))."""
-        cuda, VK = self.cuda, self.V
+        VK = self.V
         B, c, m = W.shape
         rows, d = X.shape[1], X.shape[2]
         cap, CG, CH, LV, E0 = self._grown(
@@ -148,10 +148,12 @@ class CUDAMetaBackend(_Device):
         phi = cuda.to_device(np.ascontiguousarray(start))
         buf = cuda.device_array((r, B, c, m)) if method == META_REVERSE else None
         steps = B * r
-        fail = (np.nan, tasks, int(fired.sum()), steps)
-        if not self._descend(F, f_d, ytr_d, t_d, model, reg, phi, r, alpha, buf):
+
+        def fail():                    # a task's inner loop diverged
             grad[:] = np.nan
-            return fail
+            return np.nan, tasks, int(fired.sum()), steps
+        if not self._descend(F, f_d, ytr_d, t_d, model, reg, phi, r, alpha, buf):
+            return fail()
         fo = cuda.device_array((B, c, m))
         foP = cuda.device_array((B,) + P.shape)       # (B, 0, 0) without an embedding
         vals = self._tpass(Xte_d, t_d, yte_d, t_d, model, 0.0, P_d, phi, phi, False, fo, fo,
@@ -181,16 +183,11 @@ class CUDAMetaBackend(_Device):
                 else:                  # recompute φ_j from θ
                     p.copy_to_device(sub_start)
                     if not self._descend(F, fs_d, ytr_d, ts_d, model, reg, p, j, alpha, None):
-                        grad[:] = np.nan
-                        return fail
+                        return fail()
                     steps += nb * j
+                self._tpass(Xtr_d, ts_d, ytr_d, ts_d, model, reg, P_d, p, b, True, G, HV, CP)
                 if feat:
-                    self._tpass(Xtr_d, ts_d, ytr_d, ts_d, model, reg, P_d, p, b, True, G, HV,
-                                CP)
                     self._lc(bP, 1.0, bP, -alpha, CP)
-                else:
-                    self._tpass(Xtr_d, ts_d, ytr_d, ts_d, model, reg, None, p, b, True, G, HV,
-                                None)
                 self._lc(b, 1.0, b, -alpha, HV)
             exact, exactP = b.copy_to_host(), bP.copy_to_host()
             if method == META_UFO:
