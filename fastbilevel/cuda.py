@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from . import config
-from ._checks import DeviceError, fmt_bytes, not_on_gpu  # noqa: F401 (DeviceError: API)
+from ._checks import DeviceError, fmt_bytes  # noqa: F401 (DeviceError: API)
 from ._codes import (ADV_STORE, AGD, BIASED_L2, CG, CONVERGED, DIVERGED, FEATURE_L2,
                      FINISH, GD, INIT, INIT_ADJ, L2, MAX_STEPS, NEUMANN, NO_CURVATURE,
                      RESTORE, REV_BUF, REV_STATE, SAMPLE_WEIGHTS, SNAP)
