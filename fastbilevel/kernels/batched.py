@@ -25,6 +25,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
+from ._arrays import assign
 from ._rowmath import (INIT, LINEAR, SAMPLE_WEIGHTS, row_coefs, sigmoid, sigmoid_prime,
                        softplus)
 from .control import STOPPED, report_progress, stop_requested
@@ -240,7 +241,7 @@ def cols_csr_multi(tptr, tidx, tdata, j0, j1, bounds, C, G2):
             i = tidx[q]
             if i >= bounds[t + 1]:          # the column's entries of chunk t are done
                 if first:
-                    tot[:] = part
+                    assign(tot, part)
                     first = False
                 else:
                     tot += part
@@ -251,7 +252,7 @@ def cols_csr_multi(tptr, tidx, tdata, j0, j1, bounds, C, G2):
             for k in range(Bc):
                 part[k] += x * C[i, k]
         if first:
-            tot[:] = part
+            assign(tot, part)
         else:
             tot += part
         for k in range(Bc):
@@ -381,7 +382,7 @@ def _zero_if(flag, A):
 @njit(cache=True, fastmath=_FM)
 def _merge_chunks(buf, out):
     """out = Σ_t buf[t], in chunk order (the single-setting merge)."""
-    out[:] = buf[0]
+    assign(out, buf[0])
     for t in range(1, buf.shape[0]):
         out += buf[t]
 
@@ -521,7 +522,7 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
     ns = 1 if solver == GD else 2
     S = np.empty((ns, B, c, d))
     for s in range(ns):
-        S[s] = W0
+        assign(S[s], W0)
     Sn = np.empty_like(S)
     snaps = np.empty((nslots, ns, B, c, d))
     snap_t = np.zeros(nslots, dtype=np.int64)
@@ -556,14 +557,14 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
         op = actions[q, 0]
         arg = actions[q, 1]
         if op == SNAP:
-            snaps[arg] = S
+            assign(snaps[arg], S)
             snap_t[arg] = t
             if not used[arg]:
                 used[arg] = True
                 counts[3] += 1
             continue
         if op == RESTORE:
-            S[:] = snaps[arg]
+            assign(S, snaps[arg])
             t = snap_t[arg]
             for b in range(B):
                 if not alive[b]:
@@ -579,7 +580,7 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
         if op == ADV_STORE:
             base = t
         if op == INIT_ADJ:
-            Sn[:] = S
+            assign(Sn, S)
         nrep = 1 if op == REV_STATE else arg
         for _ in range(nrep):
             if stop_requested(ctrl):
@@ -603,7 +604,7 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
                     p = S[1] if solver == AGD else S[0]
                 if op == ADV_STORE:
                     for b in prange(B):
-                        buf[t - base, b] = p[b]
+                        assign(buf[t - base, b], p[b])
                 V = p
                 out = G
                 cr = no_cross
@@ -658,7 +659,7 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
             if op != INIT_ADJ:
                 t += 1
         if op == INIT_ADJ:
-            WT[:] = Sn[0] if arg == 1 else S[0]
+            assign(WT, Sn[0] if arg == 1 else S[0])
             _pass_multi(Xv, ipv, ixv, dv, yv, valT, no_a, model, WT, WT, True, False, P, P,
                         no_cross, vals, _scratch_multi(ipv, yv.shape[0], B, c, d, nchunks),
                         nchunks)
@@ -666,7 +667,7 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
             for b in range(B):
                 if alive[b]:
                     fvals[b] = vals[b]
-            GF[:] = P
+            assign(GF, P)
             Q[:] = 0.0
     return WT, fvals, status, counts, GF
 
@@ -730,16 +731,18 @@ def implicit_solve_multi(train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solv
                     active[b] = False
                     continue
                 step = rr[b] / pHp
-                v[b] += step * p[b]
-                r[b] -= step * Hx[b]
+                vb = v[b]
+                vb += step * p[b]
+                rb = r[b]
+                rb -= step * Hx[b]
                 rn = _norm(r[b])
             else:
-                r[b] = Bv[b] - Hx[b]
+                assign(r[b], Bv[b] - Hx[b])
                 rn = _norm(r[b])
                 if it == 0:
                     r0[b] = rn
                     if solver == CG:
-                        p[b] = r[b]
+                        assign(p[b], r[b])
             if not math.isfinite(rn) or rn > _LS_GROWTH * r0[b]:
                 done = DIVERGED
             elif rn <= thresh[b]:
@@ -755,15 +758,17 @@ def implicit_solve_multi(train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solv
             nactive += 1
             if solver == CG:
                 if it > 0:
-                    p[b] *= rn * rn / rr[b]
-                    p[b] += r[b]
+                    pb = p[b]
+                    pb *= rn * rn / rr[b]
+                    pb += r[b]
                 rr[b] = rn * rn
             elif solver == NEUMANN:
-                v[b] += etas[b] * r[b]
+                vb = v[b]
+                vb += etas[b] * r[b]
             else:
                 nxt = v[b] + alphas[b] * r[b] + betas[b] * (v[b] - vprev[b])
-                vprev[b] = v[b]
-                v[b] = nxt
+                assign(vprev[b], v[b])
+                assign(v[b], nxt)
         if nactive == 0:
             break
         it += 1

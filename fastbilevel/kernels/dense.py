@@ -12,6 +12,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .. import config
+from ._arrays import assign
 from ._rowmath import row_coefs, weight_of
 
 _FM = set(config.FASTMATH)
@@ -304,7 +305,7 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
     while k < hi:
         nb = min(RB, hi - k)
         for r in range(nb):
-            Xb[r] = X[rows[k + r]]
+            assign(Xb[r], X[rows[k + r]])
             yb[r] = y[rows[k + r]]
         for r in range(nb, RB):
             Xb[r] = 0.0

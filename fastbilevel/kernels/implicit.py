@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
+from ._arrays import assign
 from .control import STOPPED, report_progress, stop_requested
 from .oracles import _pass, reg_hvp_add
 
@@ -73,12 +74,12 @@ def implicit_solve(train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha,
             r -= step * Hx
             rn = _norm(r)
         else:
-            r[:] = b - Hx
+            assign(r, b - Hx)
             rn = _norm(r)
             if it == 0:
                 r0 = rn
                 if solver == CG:
-                    p[:] = r
+                    assign(p, r)
         if not math.isfinite(rn) or rn > _GROWTH * r0:
             return v, rn, it, DIVERGED
         if rn <= thresh:
@@ -94,6 +95,6 @@ def implicit_solve(train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha,
             v += eta * r
         else:
             nxt = v + alpha * r + beta * (v - vprev)
-            vprev[:] = v
-            v[:] = nxt
+            assign(vprev, v)
+            assign(v, nxt)
         it += 1

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
+from ._arrays import assign
 from .control import stop_requested
 from .dense import _FM, rows_dense
 from .sampling import STREAM_COIN, STREAM_TASKS, coin, draw_rows
@@ -120,7 +121,7 @@ def _descend(F, y, model, reg, phi, r, alpha, buf, store, ctrl):
         if stop_requested(ctrl):
             return j
         if store:
-            buf[j] = phi
+            assign(buf[j], phi)
         v = task_grad(F, y, model, reg, phi, G)
         if j == 0:
             g0 = v
@@ -160,7 +161,7 @@ def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, P, r, alpha, method, fi
     else:
         val = task_grad(Xte, yte, model, 0.0, phi, fo)
     if method == FIRST_ORDER or (method == UFO and not fire):
-        out[:] = fo
+        assign(out, fo)
         return val, steps
     foP = outP.copy()
     b = fo.copy()
@@ -171,7 +172,7 @@ def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, P, r, alpha, method, fi
         if method == REVERSE:
             p = buf[j]
         else:                        # recompute φ_j from θ
-            phi[:] = theta
+            assign(phi, theta)
             if _descend(F, ytr, model, reg, phi, j, alpha, buf, False, ctrl) < j \
                     or stop_requested(ctrl):
                 return math.nan, steps
@@ -184,10 +185,10 @@ def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, P, r, alpha, method, fi
             task_hvp(Xtr, ytr, model, reg, p, b, HV)
         b -= alpha * HV
     if method == UFO:
-        out[:] = fo + (b - fo) / q
-        outP[:] = foP + (outP - foP) / q
+        assign(out, fo + (b - fo) / q)
+        assign(outP, foP + (outP - foP) / q)
     else:
-        out[:] = b
+        assign(out, b)
     return val, steps
 
 

@@ -10,6 +10,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
+from ._arrays import assign
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
 from .csr import csr_row_coefs, csr_scatter_cols, rows_csr, rows_csr_idx
 from .dense import rows_dense, rows_dense_idx
@@ -242,7 +243,7 @@ def _ol_cross_add_rows(rows, hyper, rdiag, da, W, V, cross, scale, h):
 @njit(cache=True, fastmath=_FM)
 def _sum_buffers(buf, out):
     """out = Σ_t buf[t] (the serial merge of the per-thread buffers)."""
-    out[:] = buf[0]
+    assign(out, buf[0])
     for t in range(1, buf.shape[0]):
         out += buf[t]
 

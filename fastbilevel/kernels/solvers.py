@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from ._arrays import assign
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
 from .csr import csr_row_coefs, csr_scatter_cols, rows_csr_idx
 from .dense import dense_row_coefs, dense_scatter_rows, rows_dense_idx
@@ -195,8 +196,8 @@ def _neumann(ctx, W, P, V, R, HV, hp, eta, Q, stream, step0, full_rows):
     B_q drawn for (stream, step0 + q), or all rows if ``full_rows`` is not
     empty; V gets v."""
     b = ctx[12].shape[0]
-    R[:] = P
-    V[:] = P
+    assign(R, P)
+    assign(V, P)
     for q in range(1, Q + 1):
         rows = full_rows if full_rows.shape[0] > 0 else _draw(ctx, stream, step0 + q, b, True)
         _hvp_g(ctx, rows, W, R, HV, hp)
@@ -361,7 +362,7 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             rv = _drawv(ctx, STREAM_F, k, bv)
             _grad_f(ctx, rv, W, P)
             p = randint(key(seed, STREAM_TRUNC, k), 0, Q)
-            V[:] = P
+            assign(V, P)
             for i in range(p):
                 rows = _draw(ctx, STREAM_HESS, k * Q + i, b, False)
                 _hvp_g(ctx, rows, W, V, HV, hp)
@@ -382,8 +383,8 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             rv = _drawv(ctx, STREAM_F, k, bv)
             _hyper_estimate(ctx, W, V, R, HV, P, h, hp, da, eta, Q, k, rv, empty_rows)
             if k == 0:
-                Dw[:] = G
-                U[:] = h
+                assign(Dw, G)
+                assign(U, h)
             else:
                 rows = _draw(ctx, STREAM_INNER, k, b, False)
                 _grad_g(ctx, rows, Wm, G2, hp_old)
@@ -430,7 +431,7 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             # BOME (Liu et al. 2022 Alg. 1): ŵ = T SGD steps from W; q(λ, w) =
             # g(λ, w) − g(λ, ŵ); (λ, W) moves along ∇f + φ∇q with
             # φ = max(η − ⟨∇f, ∇q⟩/‖∇q‖², 0) (their φ = η‖∇q‖²)
-            Z[:] = W
+            assign(Z, W)
             ok = _sgd_steps(ctx, Z, G, rho, T, STREAM_INNER, k * T)
             rows = _draw(ctx, STREAM_G, k, b, False)
             _grad_g(ctx, rows, W, G, hp)
@@ -457,7 +458,7 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
             counts[1] += bv
             ok = ok and _all_finite(W) and _lam_step(ctx, lam, h, gamma, lo, hi, changed)
         if method != MRBO and method != VRBO:
-            U[:] = h                    # the last λ direction, for the caller
+            assign(U, h)                    # the last λ direction, for the caller
         if not ok:
             return k, counts
     return -1, counts
@@ -466,11 +467,11 @@ def solver_run(method, train, val, model, hyper, lam, a, da, rdiag, prior, W, V,
 @njit(cache=True)
 def _save_point(W, Wm, a, da, rdiag, prior, old_a, old_da, old_rdiag, old_prior):
     """The previous point (W and λ's parameters) ← the current one."""
-    Wm[:] = W
-    old_a[:] = a
-    old_da[:] = da
-    old_rdiag[:] = rdiag
-    old_prior[:] = prior
+    assign(Wm, W)
+    assign(old_a, a)
+    assign(old_da, da)
+    assign(old_rdiag, rdiag)
+    assign(old_prior, prior)
 
 
 @njit(cache=True)
@@ -502,7 +503,7 @@ def _vrbo_step(ctx, k, W, V, V2, R, HV, P, P2, G, G2, h, h2, Wm, Dw, U, lam, hp,
             if not _lam_step(ctx, lam, U, gamma, lo, hi, changed):
                 return False
         else:
-            Wm[:] = W
+            assign(Wm, W)
             W -= rho * Dw
             if not _all_finite(W):
                 return False
@@ -580,10 +581,10 @@ def _saba_step(ctx, k, W, V, lam, Mg, Mh, Mf, Mj, Ag, Ah, Af, G, HV, P, h, rho, 
             if fresh:
                 UG[q, kk] = (CG[q, kk] - Mg[i, kk]) / n
                 UH[q, kk] = (CH[q, kk] - Mh[i, kk]) / n
-    G[:] = Ag
+    assign(G, Ag)
     _scatter(rows, train, DG, G)
     reg_grad_add(rdiag, prior, W, G)
-    HV[:] = Ah
+    assign(HV, Ah)
     _scatter(rows, train, DH, HV)
     reg_hvp_add(rdiag, V, HV)
     rv = _drawv(ctx, STREAM_F, k, bv)
@@ -599,7 +600,7 @@ def _saba_step(ctx, k, W, V, lam, Mg, Mh, Mf, Mj, Ag, Ah, Af, G, HV, P, h, rho, 
             DF[q, kk] = (CF[q, kk] - Mf[j, kk]) / bv
             if fresh:
                 UF[q, kk] = (CF[q, kk] - Mf[j, kk]) / m
-    P[:] = Af
+    assign(P, Af)
     _scatter(rv, val, DF, P)
     # the λ direction −J v: per-sample for sample_weights, exact otherwise
     h[:] = 0.0

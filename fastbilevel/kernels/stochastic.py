@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit
 
 from .. import config
+from ._arrays import assign
 from ._rowmath import FEATURE_L2, L2, SAMPLE_WEIGHTS, sigmoid, sigmoid_prime
 from .oracles import (_cross_add_rows, _pass_rows, cross_add, reg_grad_add, reg_hvp_add,
                       reg_value)
@@ -61,7 +62,7 @@ def stocbio_run(train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S, 
             fval = _pass_rows(rows, Xv, ipv, ixv, dv, yv, np.empty(0), model, W, W, True,
                               False, R, R, no_cross, nchunks)
             counts[1] += df
-            acc[:] = R
+            assign(acc, R)
             continue
         # what this training pass is: an SGD step, a Neumann step or J on D_G
         i = 0
@@ -71,7 +72,7 @@ def stocbio_run(train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S, 
             i = Q - (st - D - 1)
             stream, step, b, V, grad = STREAM_HESS, i, hsizes[i - 1], R, False
         else:
-            VQ[:] = eta * acc
+            assign(VQ, eta * acc)
             if not sw:
                 _cross_add_rows(None, hyper, rdiag, da, W, VQ, cross, -1.0, h)
                 break
@@ -240,7 +241,7 @@ def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior
         for sp in range(4):
             if init and sp < 3:
                 if sp == 0:
-                    V[:] = beta * P        # v_0 = β_0 ∂_ωF + (I − β_0 H) 0
+                    assign(V, beta * P)        # v_0 = β_0 ∂_ωF + (I − β_0 H) 0
                 continue
             if sp == 0 and not sw:         # J needs no data for the other maps
                 e_old[:] = 0.0
@@ -276,7 +277,7 @@ def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior
                 e_new[:] = 0.0
                 _cross_add_rows(rows, hyper, rdiag, da, W, V, cross, -1.0, e_new)
         if init:
-            dmom[:] = e_new
+            assign(dmom, e_new)
             finite = _all_finite(V) and _all_finite(dmom)
         else:
             finite = _storm(dmom, e_new, e_old, etak) and finite
