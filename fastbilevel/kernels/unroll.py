@@ -37,6 +37,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .. import config
+from ._arrays import assign
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
 from .control import STOPPED, report_progress, stop_requested
 from .csr import _axpy_csr, _dots_csr
@@ -89,7 +90,7 @@ def init_state(solver, W0):
     c, d = W0.shape
     S = np.empty((n_state(solver), c, d))
     for k in range(S.shape[0]):
-        S[k] = W0
+        assign(S[k], W0)
     return S
 
 
@@ -101,28 +102,40 @@ def point(solver, S):
 
 @njit(cache=True)
 def solver_step(solver, gamma, beta, S, G):
-    """S_t → S_{t+1} given G = ∇g(p(S_t))."""
+    """S_t → S_{t+1} given G = ∇g(p(S_t)). (Loops rather than array
+    expressions: the same arithmetic per entry, a fraction of the compile.)"""
     A = S[0]
+    c, d = A.shape
     if solver == GD:
-        A -= gamma * G
+        for k in range(c):
+            for j in range(d):
+                A[k, j] -= gamma * G[k, j]
     elif solver == HEAVY_BALL:
         B = S[1]
-        new = A - gamma * G + beta * (A - B)
-        B[:] = A
-        A[:] = new
+        for k in range(c):
+            for j in range(d):
+                a = A[k, j]
+                A[k, j] = a - gamma * G[k, j] + beta * (a - B[k, j])
+                B[k, j] = a
     else:
         B = S[1]
-        ynew = B - gamma * G
-        B[:] = ynew + beta * (ynew - A)
-        A[:] = ynew
+        for k in range(c):
+            for j in range(d):
+                ynew = B[k, j] - gamma * G[k, j]
+                B[k, j] = ynew + beta * (ynew - A[k, j])
+                A[k, j] = ynew
 
 
 @njit(cache=True)
 def adjoint_pre(solver, beta, P, Q):
     """agd: P += (1+β)Q before the pass; returns the part of ȳ_t, −βQ (else empty)."""
     if solver == AGD:
-        yt = -beta * Q
-        P += (1.0 + beta) * Q
+        c, d = P.shape
+        yt = np.empty((c, d))
+        for k in range(c):
+            for j in range(d):
+                yt[k, j] = -beta * Q[k, j]
+                P[k, j] += (1.0 + beta) * Q[k, j]
         return yt
     return np.empty((0, 0))
 
@@ -130,25 +143,38 @@ def adjoint_pre(solver, beta, P, Q):
 @njit(cache=True)
 def adjoint_post(solver, gamma, beta, P, Q, HP, yt):
     """The adjoint update after the pass, HP = ∇²g(p_t) P (regularizer included)."""
+    c, d = P.shape
     if solver == GD:
-        P -= gamma * HP
+        for k in range(c):
+            for j in range(d):
+                P[k, j] -= gamma * HP[k, j]
     elif solver == HEAVY_BALL:
-        new = (1.0 + beta) * P - gamma * HP - beta * Q
-        Q[:] = P
-        P[:] = new
+        for k in range(c):
+            for j in range(d):
+                p = P[k, j]
+                P[k, j] = (1.0 + beta) * p - gamma * HP[k, j] - beta * Q[k, j]
+                Q[k, j] = p
     else:
-        Q[:] = P - gamma * HP
-        P[:] = yt
+        for k in range(c):
+            for j in range(d):
+                Q[k, j] = P[k, j] - gamma * HP[k, j]
+                P[k, j] = yt[k, j]
 
 
 @njit(cache=True)
 def w0_adjoint(solver, beta, P, Q):
     """Total adjoint of w_0 at the end of a full sweep."""
-    if solver == GD:
-        return P.copy()
-    if solver == HEAVY_BALL:
-        return P - beta * Q
-    return P + Q
+    c, d = P.shape
+    out = np.empty((c, d))
+    for k in range(c):
+        for j in range(d):
+            if solver == GD:
+                out[k, j] = P[k, j]
+            elif solver == HEAVY_BALL:
+                out[k, j] = P[k, j] - beta * Q[k, j]
+            else:
+                out[k, j] = P[k, j] + Q[k, j]
+    return out
 
 
 def _scratch(sampler, n):
@@ -231,14 +257,14 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
         op = actions[q, 0]
         arg = actions[q, 1]
         if op == SNAP:
-            snaps[arg] = S
+            assign(snaps[arg], S)
             snap_t[arg] = t
             if not used[arg]:
                 used[arg] = True
                 counts[3] += 1
             continue
         if op == RESTORE:
-            S[:] = snaps[arg]
+            assign(S, snaps[arg])
             t = snap_t[arg]
             continue
         if op == FINISH:
@@ -249,7 +275,7 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
         if op == ADV_STORE:
             base = t
         if op == INIT_ADJ:
-            Sn[:] = S
+            assign(Sn, S)
         nrep = 1 if op == REV_STATE else arg  # INIT_ADJ: one step past S (arg 1) or none
         for _ in range(nrep):
             if stop_requested(ctrl):
@@ -265,7 +291,7 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
             else:
                 p = point(solver, Sn if op == INIT_ADJ else S)
                 if op == ADV_STORE:
-                    buf[t - base] = p
+                    assign(buf[t - base], p)
                 yt = np.empty((0, 0))
                 V = p
                 out = G
@@ -297,11 +323,11 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
                 solver_step(solver, gamma, beta, S, G)
                 t += 1
         if op == INIT_ADJ:
-            WT[:] = Sn[0] if arg == 1 else S[0]
+            assign(WT, Sn[0] if arg == 1 else S[0])
             fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True,
                          False, P, P, no_cross, nchunks)
             counts[2] += 1
-            GF[:] = P
+            assign(GF, P)
             Q[:] = 0.0
     return WT, fval, -1, counts, GF
 
