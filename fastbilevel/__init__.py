@@ -5,6 +5,7 @@ from . import _cache  # noqa: E402  (before any module that defines a cached ker
 
 _cache.install()
 _cache.install_compile_notice()
+_cache.install_unswitch_limit()
 
 from . import _parallel  # noqa: E402  (threading layer, before any parallel kernel runs)
 from . import config, datasets, kernels  # noqa: E402

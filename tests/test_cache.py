@@ -88,3 +88,61 @@ def test_an_edited_inlined_module_is_never_served_stale(tmp_path):
     # and nothing was cached inside either package
     for base in (src, os.path.join(root, "fastbilevel")):
         assert not [f for _, _, fs in os.walk(base) for f in fs if f.endswith((".nbi", ".nbc"))]
+
+
+def test_unswitch_limit_holds_only_while_a_package_function_compiles(monkeypatch):
+    """LLVM's unswitching threshold is lowered from the start to the end of
+    the outermost compile of one of the package's functions (nested in a
+    user's function too), on errors as well, and never for other code."""
+    from numba import njit
+    from fastbilevel import _cache
+    from fastbilevel.kernels import sigmoid
+    calls = []
+    monkeypatch.setattr(_cache, "_set_unswitch", calls.append)
+
+    @njit
+    def user(t):
+        return t + 1.0
+
+    user(1.0)
+    assert calls == []                           # a user's function alone
+
+    @njit
+    def user_calls_ours(t):
+        return sigmoid(t) + 1.0
+
+    user_calls_ours(np.int16(3))                 # a new signature of a package function
+    assert calls == [_cache.UNSWITCH_THRESHOLD, _cache._LLVM_UNSWITCH_DEFAULT]
+    assert user_calls_ours(np.int16(3)) == pytest.approx(1.0 + 1.0 / (1.0 + np.exp(-3.0)))
+
+    calls.clear()
+    with pytest.raises(Exception):
+        sigmoid("not a number")                  # a failed compile restores the default too
+    assert calls == [_cache.UNSWITCH_THRESHOLD, _cache._LLVM_UNSWITCH_DEFAULT]
+
+    calls.clear()
+    monkeypatch.setattr(_cache, "UNSWITCH_THRESHOLD", None)
+    sigmoid(np.int8(2))
+    assert calls == []                           # switched off
+
+
+def test_assign_copies_every_rank_and_refuses_other_shapes():
+    from numba import njit
+    from fastbilevel.kernels._arrays import assign
+
+    @njit
+    def copy(dst, src):
+        assign(dst, src)
+
+    rng = np.random.default_rng(0)
+    for shape in [(5,), (3, 4), (2, 3, 4), (2, 2, 3, 2)]:
+        src = rng.standard_normal(shape)
+        keep = src.copy()
+        dst = np.zeros(shape)
+        copy(dst, src)
+        assert np.array_equal(dst, src) and np.array_equal(src, keep)
+    dst = np.zeros((4, 6))
+    copy(dst[:, ::2], np.ones((4, 3)))           # a strided view: only its entries change
+    assert dst[:, ::2].sum() == 12 and dst[:, 1::2].sum() == 0
+    with pytest.raises(ValueError, match="different shapes"):
+        copy(np.zeros((3, 4)), np.zeros((4, 3)))
