@@ -42,6 +42,8 @@ class CPUBackend:
     # one pass over the data, and the regularizer's O(dim w) parts
     oracle_pass = staticmethod(K.oracle_pass)
     oracle_pass_rows = staticmethod(_oracles.oracle_pass_rows)
+    # the same pass on the calling thread (bit-identical): small one-off passes
+    oracle_pass_serial = staticmethod(_oracles.oracle_pass_serial)
     reg_value = staticmethod(K.reg_value)
     reg_grad_add = staticmethod(K.reg_grad_add)
     reg_hvp_add = staticmethod(K.reg_hvp_add)

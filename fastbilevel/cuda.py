@@ -526,6 +526,9 @@ class CUDABackend(_Device):
         return self.oracle_pass(D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks,
                                 rows)
 
+    # the CPU backend's one-thread pass for small data: on the GPU the same pass
+    oracle_pass_serial = oracle_pass
+
     def _batch_of(self, sampler, n, t):
         """Step t's minibatch on the device (None: full batch)."""
         if sampler is None:

@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks
+from . import _checks, config
 from ._codes import LINEAR
 from .backend import CPU, OnDevice
 from .kernels.data import Data
@@ -207,9 +207,12 @@ class BilevelProblem(OnDevice):
             G = np.empty_like(V)
             design = self.train._replace(y=np.zeros(self.n))
             est = 0.0
+            entries = self.train.data.shape[0] if self.sparse else self.n * self.d
+            one_pass = (self.backend.oracle_pass_serial
+                        if entries <= config.SERIAL_ESTIMATE_ENTRIES else self.backend.oracle_pass)
             for _ in range(iters):
-                self.backend.oracle_pass(design, np.empty(0), LINEAR, Z, V, False, True, G, HV,
-                                         np.empty(0), self.backend.nchunks())
+                one_pass(design, np.empty(0), LINEAR, Z, V, False, True, G, HV,
+                         np.empty(0), self.backend.nchunks())
                 est = float(np.vdot(V, HV))
                 nrm = np.linalg.norm(HV)
                 if nrm == 0.0:
