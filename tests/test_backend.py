@@ -9,7 +9,7 @@ import pytest
 import fastbilevel as fb
 from fastbilevel.backend import CPU, CPUBackend
 
-ENTRY_POINTS = {"oracle_pass", "oracle_pass_rows", "run_schedule", "forward_mode",
+ENTRY_POINTS = {"oracle_pass", "oracle_pass_rows", "oracle_pass_serial", "run_schedule", "forward_mode",
                 "implicit_solve", "stocbio_run", "fsla_run", "meta_gradient", "task_pass", "reg_value",
                 "reg_grad_add", "reg_hvp_add", "cross_add", "run_schedule_multi",
                 "implicit_solve_multi"}
