@@ -39,3 +39,56 @@ def test_njit_embedding_matches_api():
     got = l2_sweep(prob.train, prob.val, prob.d, lams, 0.5, 30, 2)
     want = [fb.hypergradient(prob, lam, steps=30, step_size=0.5).grad for lam in lams]
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+USER_MODULE = '''
+import numpy as np
+from numba import njit
+from fastbilevel import kernels as K
+
+
+@njit(cache=True)
+def user_grad_norm(train, W):
+    """A cached user function calling the one-thread pass."""
+    G = np.empty_like(W)
+    val = K.oracle_pass_serial(train, np.empty(0), K.LOGISTIC, W, W, True, False, G, G,
+                               np.empty(0), 3)
+    return val, G
+'''
+
+USER_SCRIPT = '''
+import json, sys, numpy as np, fastbilevel as fb
+sys.path.insert(0, {folder!r})
+from user_mod import user_grad_norm
+ds = fb.datasets.text(n=60, m=20, d=300, row_nnz=8, seed=0)
+p = ds.problem()
+W = np.full((1, p.d), 0.01)
+val, G = user_grad_norm(p.train, W)
+print(json.dumps([val, G.tolist(), len(user_grad_norm.stats.cache_hits)]))
+'''
+
+
+def test_a_cached_user_function_can_call_the_serial_pass(tmp_path):
+    """oracle_pass_serial has no parallel loop, so a user's cache=True caller
+    works when loaded from its cache in a new process, with the result of the
+    parallel pass for the same chunk count."""
+    import json
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "user_mod.py").write_text(USER_MODULE)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", USER_SCRIPT.format(folder=str(tmp_path))],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0][2] == 0 and runs[1][2] == 1          # compiled, then loaded from the cache
+    assert runs[0][:2] == runs[1][:2]
+    p = fb.datasets.text(n=60, m=20, d=300, row_nnz=8, seed=0).problem()
+    W = np.full((1, p.d), 0.01)
+    G = np.empty_like(W)
+    val = K.oracle_pass(p.train, np.empty(0), K.LOGISTIC, W, W, True, False, G, G,
+                        np.empty(0), 3)
+    assert runs[0][0] == val and np.array_equal(np.array(runs[0][1]), G)

@@ -15,8 +15,8 @@ from ._rowmath import sigmoid, sigmoid_prime, softplus
 from .data import Data, csr_data, dense_data
 from .batched import implicit_solve_multi, oracle_pass_multi, run_schedule_multi
 from .implicit import implicit_solve
-from .oracles import (cross_add, oracle_pass, oracle_pass_rows, reg_grad_add, reg_hvp_add,
-                      reg_value)
+from .oracles import (cross_add, oracle_pass, oracle_pass_rows, oracle_pass_serial,
+                      reg_grad_add, reg_hvp_add, reg_value)
 from .unroll import forward_mode, run_schedule
 
 __all__ = [
@@ -24,8 +24,8 @@ __all__ = [
     "LINEAR", "LOGISTIC", "MULTINOMIAL",
     "SAMPLE_WEIGHTS", "FEATURE_L2", "L2", "BIASED_L2", "INIT",
     "sigmoid", "sigmoid_prime", "softplus",
-    "oracle_pass", "oracle_pass_rows", "reg_value", "reg_grad_add", "reg_hvp_add",
-    "cross_add",
+    "oracle_pass", "oracle_pass_rows", "oracle_pass_serial", "reg_value", "reg_grad_add",
+    "reg_hvp_add", "cross_add",
     "GD", "HEAVY_BALL", "AGD",
     "ADV", "ADV_STORE", "SNAP", "RESTORE", "INIT_ADJ", "REV_STATE", "REV_BUF", "FINISH",
     "STOPPED",
