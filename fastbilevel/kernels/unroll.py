@@ -42,8 +42,8 @@ from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_deriv
 from .control import STOPPED, report_progress, stop_requested
 from .csr import _axpy_csr, _dots_csr
 from .dense import _axpy_dense, _dots_dense
-from .oracles import (_cross_add_rows, _pass, _pass_rows, reg_grad_add, reg_hvp_add,
-                      reg_value)
+from .oracles import (_cross_add_rows, _pass, _pass_or_full, _pass_rows, reg_grad_add,
+                      reg_hvp_add, reg_value)
 from .sampling import STREAM_INNER, draw_rows
 
 from .._codes import (ADV, ADV_STORE, AGD, FINISH, GD, HEAVY_BALL, INIT_ADJ,  # noqa: F401
@@ -222,12 +222,12 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
     ``value_stride(T, len(gvals))``-th. ``sampler`` is None (full-batch
     steps) or int64 [batch, replace, seed] (minibatch SGD).
 
-    Every pass over the training data goes through one call site (and the
-    validation pass through another): each inlined pass is a parallel loop
-    of its own to compile, so fewer sites mean a faster first call.
-    ``train`` and ``val`` are :class:`~fastbilevel.kernels.data.Data`."""
-    X, indptr, indices, data, y = train
-    Xv, ipv, ixv, dv, yv = val
+    Every pass, the validation pass included, goes through one call site:
+    each inlined pass is a parallel loop of its own to compile, so with
+    full-batch steps there is one (minibatch steps add the full pass that
+    validation needs). ``train`` and ``val`` are
+    :class:`~fastbilevel.kernels.data.Data` of one layout and dtype."""
+    y = train.y
     c, d = W0.shape
     ns = n_state(solver)
     S = init_state(solver, W0)
@@ -246,6 +246,7 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
     GF = np.zeros((c, d))        # ∇_w f(w_T), kept from INIT_ADJ's validation pass
     fval = np.nan
     no_cross = np.empty(0)
+    no_a = np.empty(0)          # the validation pass: no sample weights
     cross = np.empty(y.shape[0] if hyper == SAMPLE_WEIGHTS else 0)
     counts = np.zeros(4, dtype=np.int64)
     used = np.zeros(nslots, dtype=np.bool_)
@@ -277,17 +278,30 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
         if op == INIT_ADJ:
             assign(Sn, S)
         nrep = 1 if op == REV_STATE else arg  # INIT_ADJ: one step past S (arg 1) or none
-        for _ in range(nrep):
+        # INIT_ADJ's validation pass at w_T goes through the same pass call
+        # as the training passes, as one more iteration: with full-batch
+        # steps that is one parallel loop to compile instead of two
+        for it in range(nrep + 1 if op == INIT_ADJ else nrep):
             if stop_requested(ctrl):
                 return WT, fval, STOPPED, counts, GF
             report_progress(ctrl, counts[0] + counts[1])
+            is_val = it == nrep
+            rows = _no_rows(sampler, rbuf)
             # the point and direction of this pass
-            if rev:
+            if is_val:
+                assign(WT, Sn[0] if arg == 1 else S[0])
+                p = WT
+                yt = np.empty((0, 0))
+                V = WT
+                out = P
+                cr = no_cross
+            elif rev:
                 p = point(solver, S) if op == REV_STATE else buf[tr - base]
                 yt = adjoint_pre(solver, beta, P, Q)
                 V = P
                 out = HP
                 cr = cross
+                rows = _rows_at(sampler, y.shape[0], tr, perm, rbuf)
             else:
                 p = point(solver, Sn if op == INIT_ADJ else S)
                 if op == ADV_STORE:
@@ -296,9 +310,17 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
                 V = p
                 out = G
                 cr = no_cross
-            rows = _rows_at(sampler, y.shape[0], tr if rev else t, perm, rbuf)
-            v = _pass_rows(rows, X, indptr, indices, data, y, a, model, p, V, not rev,
-                           rev, out, out, cr, nchunks)
+                rows = _rows_at(sampler, y.shape[0], t, perm, rbuf)
+            Dx, Dip, Dix, Dd, Dy = val if is_val else train
+            v = _pass_or_full(rows, is_val, Dx, Dip, Dix, Dd, Dy, no_a if is_val else a, model,
+                              p, V, is_val or not rev, rev and not is_val, out, out, cr,
+                              nchunks)
+            if is_val:
+                fval = v
+                counts[2] += 1
+                assign(GF, P)
+                Q[:] = 0.0
+                continue
             if rev:
                 counts[1] += 1
                 _cross_add_rows(rows, hyper, rdiag, da, p, P, cross, -gamma, h)
@@ -322,14 +344,20 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
             else:
                 solver_step(solver, gamma, beta, S, G)
                 t += 1
-        if op == INIT_ADJ:
-            assign(WT, Sn[0] if arg == 1 else S[0])
-            fval = _pass(Xv, ipv, ixv, dv, yv, np.empty(0), model, WT, WT, True,
-                         False, P, P, no_cross, nchunks)
-            counts[2] += 1
-            assign(GF, P)
-            Q[:] = 0.0
     return WT, fval, -1, counts, GF
+
+
+def _no_rows(sampler, out):
+    """A placeholder minibatch of the type :func:`_rows_at` returns (None,
+    or the rows buffer), for a pass that does not use one."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_no_rows, inline="always")
+def _ol_no_rows(sampler, out):
+    if isinstance(sampler, types.NoneType):
+        return lambda sampler, out: None
+    return lambda sampler, out: out
 
 
 def _row_dl_axpy(X, indptr, indices, data, i, yi, model, W, coef, out):
