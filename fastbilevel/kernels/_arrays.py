@@ -7,6 +7,7 @@ into (and re-optimized with) every kernel that holds such an assignment. The
 kernels copy between arrays whose shapes the Python layer has already fixed,
 so :func:`assign` is a plain loop with a constant message.
 """
+import numpy as np
 from numba import types
 from numba.extending import overload
 
@@ -19,38 +20,21 @@ def assign(dst, src):
 @overload(assign, jit_options={"cache": True})
 def _ol_assign(dst, src):
     if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
-            and dst.ndim == src.ndim and 1 <= dst.ndim <= 4):
+            and dst.ndim == src.ndim and dst.ndim >= 1):
         return None
-    nd = dst.ndim
+    if dst.layout == "C" and src.layout == "C":
+        def impl(dst, src):        # contiguous: one flat loop over views
+            if dst.shape != src.shape:
+                raise ValueError("assign: arrays of different shapes")
+            a = dst.reshape(dst.size)
+            b = src.reshape(src.size)
+            for i in range(a.shape[0]):
+                a[i] = b[i]
+        return impl
 
-    if nd == 1:
-        def impl(dst, src):
-            if dst.shape != src.shape:
-                raise ValueError("assign: arrays of different shapes")
-            for i in range(dst.shape[0]):
-                dst[i] = src[i]
-    elif nd == 2:
-        def impl(dst, src):
-            if dst.shape != src.shape:
-                raise ValueError("assign: arrays of different shapes")
-            for i in range(dst.shape[0]):
-                for j in range(dst.shape[1]):
-                    dst[i, j] = src[i, j]
-    elif nd == 3:
-        def impl(dst, src):
-            if dst.shape != src.shape:
-                raise ValueError("assign: arrays of different shapes")
-            for i in range(dst.shape[0]):
-                for j in range(dst.shape[1]):
-                    for k in range(dst.shape[2]):
-                        dst[i, j, k] = src[i, j, k]
-    else:
-        def impl(dst, src):
-            if dst.shape != src.shape:
-                raise ValueError("assign: arrays of different shapes")
-            for i in range(dst.shape[0]):
-                for j in range(dst.shape[1]):
-                    for k in range(dst.shape[2]):
-                        for m in range(dst.shape[3]):
-                            dst[i, j, k, m] = src[i, j, k, m]
-    return impl
+    def strided_impl(dst, src):
+        if dst.shape != src.shape:
+            raise ValueError("assign: arrays of different shapes")
+        for idx in np.ndindex(dst.shape):
+            dst[idx] = src[idx]
+    return strided_impl
