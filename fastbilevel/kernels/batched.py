@@ -582,12 +582,22 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
         if op == INIT_ADJ:
             assign(Sn, S)
         nrep = 1 if op == REV_STATE else arg
-        for _ in range(nrep):
+        # INIT_ADJ's validation pass at w_T goes through the training passes'
+        # call, as one more iteration: one inlined pass (its parallel loops)
+        # to compile instead of two
+        for it in range(nrep + 1 if op == INIT_ADJ else nrep):
             if stop_requested(ctrl):
                 status[:] = STOPPED
                 return WT, fvals, status, counts, GF
             report_progress(ctrl, counts[0] + counts[1])
-            if rev:
+            is_val = it == nrep
+            if is_val:
+                assign(WT, Sn[0] if arg == 1 else S[0])
+                p = WT
+                V = WT
+                out = P
+                cr = no_cross
+            elif rev:
                 if op == REV_STATE:
                     p = S[1] if solver == AGD else S[0]
                 else:
@@ -608,8 +618,20 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
                 V = p
                 out = G
                 cr = no_cross
-            _pass_multi(X, indptr, indices, data, y, trainT, A, model, p, V, not rev, rev,
-                        out, out, cr, vals, scratch, nchunks)
+            Dx, Dip, Dix, Dd, Dy = val if is_val else train
+            _pass_multi(Dx, Dip, Dix, Dd, Dy, valT if is_val else trainT,
+                        no_a if is_val else A, model, p, V, is_val or not rev,
+                        rev and not is_val, out, out, cr, vals,
+                        _scratch_multi(ipv, yv.shape[0], B, c, d, nchunks) if is_val
+                        else scratch, nchunks)
+            if is_val:
+                counts[2] += 1
+                for b in range(B):
+                    if alive[b]:
+                        fvals[b] = vals[b]
+                assign(GF, P)
+                Q[:] = 0.0
+                continue
             if rev:
                 counts[1] += 1
                 for b in prange(B):
@@ -658,17 +680,6 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
                                  Sx[0, b], Sx[ns - 1, b])
             if op != INIT_ADJ:
                 t += 1
-        if op == INIT_ADJ:
-            assign(WT, Sn[0] if arg == 1 else S[0])
-            _pass_multi(Xv, ipv, ixv, dv, yv, valT, no_a, model, WT, WT, True, False, P, P,
-                        no_cross, vals, _scratch_multi(ipv, yv.shape[0], B, c, d, nchunks),
-                        nchunks)
-            counts[2] += 1
-            for b in range(B):
-                if alive[b]:
-                    fvals[b] = vals[b]
-            assign(GF, P)
-            Q[:] = 0.0
     return WT, fvals, status, counts, GF
 
 
