@@ -182,6 +182,19 @@ def _data_kind(args):
     return None
 
 
+def _ours(event):
+    """Whether a compile event is for a function of this package."""
+    disp = event.data.get("dispatcher")
+    module = getattr(getattr(disp, "py_func", None), "__module__", "") or ""
+    return module.startswith("fastbilevel.")
+
+
+def _listen(cls):
+    """Register one ``cls`` listener for Numba's compile events (once per process)."""
+    if not any(isinstance(lst, cls) for lst in _event._registered.get("numba:compile", [])):
+        _event.register("numba:compile", cls())
+
+
 class _CompileNotice(_event.Listener):
     """One line on stderr the first time this process compiles (not loads
     from the cache) a kernel of this package for a format and dtype."""
@@ -189,9 +202,7 @@ class _CompileNotice(_event.Listener):
     def on_start(self, event):
         if not COMPILE_NOTICE:
             return
-        disp = event.data.get("dispatcher")
-        module = getattr(getattr(disp, "py_func", None), "__module__", "") or ""
-        if not module.startswith("fastbilevel."):
+        if not _ours(event):
             return
         kind = _data_kind(event.data.get("args", ()))
         if kind is None or kind in _NOTICED:
@@ -210,9 +221,7 @@ class _CompileNotice(_event.Listener):
 
 def install_compile_notice():
     """Listen for Numba's compile events (once per process)."""
-    if not any(isinstance(lst, _CompileNotice)
-               for lst in _event._registered.get("numba:compile", [])):
-        _event.register("numba:compile", _CompileNotice())
+    _listen(_CompileNotice)
 
 
 # ------------------------------------------------ LLVM's loop unswitching
@@ -234,12 +243,6 @@ _LLVM_UNSWITCH_DEFAULT = 50     # LLVM's own default for -unswitch-threshold
 def _set_unswitch(value):
     import llvmlite.binding as llvm
     llvm.set_option("fastbilevel", f"-unswitch-threshold={int(value)}")
-
-
-def _ours(event):
-    disp = event.data.get("dispatcher")
-    module = getattr(getattr(disp, "py_func", None), "__module__", "") or ""
-    return module.startswith("fastbilevel.")
 
 
 class _UnswitchLimit(_event.Listener):
@@ -270,6 +273,4 @@ class _UnswitchLimit(_event.Listener):
 
 def install_unswitch_limit():
     """Listen for Numba's compile events (once per process)."""
-    if not any(isinstance(lst, _UnswitchLimit)
-               for lst in _event._registered.get("numba:compile", [])):
-        _event.register("numba:compile", _UnswitchLimit())
+    _listen(_UnswitchLimit)

@@ -32,7 +32,8 @@ from .control import STOPPED, report_progress, stop_requested
 from .implicit import _GROWTH as _LS_GROWTH
 from .implicit import _dot, _norm
 from .dense import RB, _axpy_block, _axpy_dense, _dot8x2, _dots_block, _dots_dense
-from .oracles import _nnz_bounds, _row_bounds, cross_add, reg_grad_add, reg_hvp_add, reg_value
+from .oracles import (_nnz_bounds, _row_bounds, _sum_buffers, cross_add, reg_grad_add,
+                      reg_hvp_add, reg_value)
 from .unroll import value_stride
 
 from .._codes import (ADV, ADV_STORE, AGD, CG, CONVERGED, DIVERGED, FINISH,  # noqa: F401
@@ -328,9 +329,9 @@ def _ol_pass_multi(X, indptr, indices, data, y, XT, A, model, W, V, want_grad, w
                 rows_dense_multi(X, bounds[t], bounds[t + 1], y, A, model, c, W2, V2,
                                  want_grad, want_hvp, inv_n, gb[t], hb[t], cross, vb[t])
             if want_grad:
-                _merge_chunks(gb, G.reshape((Bc, d)))
+                _sum_buffers(gb, G.reshape((Bc, d)))
             if want_hvp:
-                _merge_chunks(hb, HV.reshape((Bc, d)))
+                _sum_buffers(hb, HV.reshape((Bc, d)))
             _merge_values(vb, vals)
         return dense_impl
 
@@ -377,14 +378,6 @@ def _ol_pass_multi(X, indptr, indices, data, y, XT, A, model, W, V, want_grad, w
 def _zero_if(flag, A):
     if flag:
         A[:] = 0.0
-
-
-@njit(cache=True, fastmath=_FM)
-def _merge_chunks(buf, out):
-    """out = Σ_t buf[t], in chunk order (the single-setting merge)."""
-    assign(out, buf[0])
-    for t in range(1, buf.shape[0]):
-        out += buf[t]
 
 
 @njit(cache=True)
