@@ -162,3 +162,45 @@ def test_single_output_csr_rows_equal_the_generic_row_kernel_bit_for_bit():
                 if a is not None:
                     assert np.isfinite(a).all() and np.array_equal(a, b)
             assert np.array_equal(c1, c2) and np.isfinite(c1).all()
+
+
+def _softmax_hvp(s, w, lam, v):
+    """Exact H·v of the weighted multinomial loss plus ridge (NumPy):
+    Σ_i (a_i/n) x_i ⊗ p_i ⊙ (u_i − p_i·u_i) + reg·v, with u_i = Vᵀx_i."""
+    from scipy.special import softmax
+    W, V = s.W(w), s.W(v)
+    P = softmax(s.X @ W, axis=1)
+    U = s.X @ V
+    Hu = P * (U - np.sum(P * U, axis=1, keepdims=True)) * naive.weights(s, lam)[:, None]
+    return (s.X.T @ Hu / s.n + s.reg * V).reshape(np.shape(v))
+
+
+def test_many_class_dense_tiles_match_numpy():
+    """Dense models with c ≥ 5 classes take each half of an 8-row block
+    through 4×5 tiles (float64), with the classes past a multiple of 5 in the
+    8×2 tiles and rows past a multiple of 8 one at a time: value, gradient,
+    H·v and the sample-weight cross term against NumPy, for c = 5, 7, 10, 12,
+    full passes and a minibatch pass over every row."""
+    from fastbilevel.kernels import oracle_pass_rows
+    for c in (5, 7, 10, 12):
+        for fmt in ("dense", "dense32"):
+            prob, s = make_problem("multinomial", "sample_weights", fmt, n=45, d=13, c=c)
+            lam = random_lam(prob)
+            w, v = _point(prob)
+            t = tol(prob, 1e-12)
+            assert naive.rel_err(prob.inner_value(w, lam), naive.inner_value(s, w, lam)) < t
+            assert naive.rel_err(prob.inner_grad(w, lam), naive.inner_grad(s, w, lam)) < t
+            assert naive.rel_err(prob.hvp(w, lam, v), _softmax_hvp(s, w, lam, v)) < t
+            fd = naive.central_diff(lambda x: np.vdot(naive.inner_grad(s, w, x), v), lam)
+            assert naive.rel_err(prob.cross(w, lam, v), fd) < TOL_FD
+            # the minibatch kernel (rows copied into a block) over all rows
+            hp = prob._lam_in(lam)
+            W, V = prob._w_in("w", w), prob._w_in("v", v)
+            G, HV = np.empty_like(W), np.empty_like(W)
+            rows = np.arange(prob.n, dtype=np.int64)
+            oracle_pass_rows(rows, prob.train, hp.a, prob._model, W, V, True, True, G, HV,
+                             np.empty(prob.n), 1)
+            ref_g = naive.inner_grad(s, w, lam) - s.reg * np.asarray(w).reshape(s.d, s.c)
+            assert naive.rel_err(prob._w_out(G), ref_g.reshape(np.shape(w))) < t
+            ref_h = _softmax_hvp(s, w, lam, v) - s.reg * np.asarray(v).reshape(s.d, s.c)
+            assert naive.rel_err(prob._w_out(HV), ref_h.reshape(np.shape(v))) < t
