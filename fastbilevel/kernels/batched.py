@@ -31,7 +31,7 @@ from ._rowmath import (INIT, LINEAR, SAMPLE_WEIGHTS, row_coefs, sigmoid, sigmoid
 from .control import STOPPED, report_progress, stop_requested
 from .implicit import _GROWTH as _LS_GROWTH
 from .implicit import _dot, _norm
-from .dense import RB, _axpy_block, _axpy_dense, _dot8x2, _dots_block, _dots_dense
+from .dense import RB, _axpy_block, _axpy_dense, _dots_dense, _dots_zu
 from .oracles import (_nnz_bounds, _row_bounds, _sum_buffers, cross_add, reg_grad_add,
                       reg_hvp_add, reg_value)
 from .unroll import value_stride
@@ -112,11 +112,7 @@ def rows_dense_multi(X, lo, hi, y, A, model, c, W2, V2, want_grad, want_hvp, inv
     need_u = want_hvp or cross.shape[0] > 0
     i = lo
     while i + RB <= hi:
-        if need_u:
-            for k in range(Bc):
-                _dot8x2(X, i, W2[k], V2[k], Z, k, U, k)
-        else:
-            _dots_block(X, i, W2, Z)
+        _dots_zu(X, i, W2, V2, need_u, Z, U)
         for r in range(RB):
             _row_settings(model, y[i + r], i + r, c, Z[r], U[r], A, inv_n, want_grad,
                           want_hvp, CG[r], CH[r], cross, empty, dl, hu, vals)
