@@ -7,17 +7,16 @@ from memory once per pass: the block stays in cache between the dot products
 and the accumulation. (Measured on Zen 4, one core, d = 784, c = 10: 4×1 tile
 18, 4×2 26, 8×2 31.5 GFLOP/s.)
 
-With c ≥ 5 classes and float64 rows, each half of the block goes through a
-4×5 tile instead (9 loads per 20 FMAs), classes in groups of 5: a half is
-25 KB at d = 784, so it stays in L1 across the groups, where the whole
-block (50 KB) did not on a 48 KB L1. Measured on an Ice Lake Xeon, one core,
-d = 784, c = 10, dots and accumulation of a pass: 4×5 45.2 GFLOP/s against
-33.2 for the 8×2 tile on rows in cache, 28.8 against 25.2 streaming from
-memory; float32 rows ran slower in it and keep the 8×2 tile. Its sums come
-out the same bit for bit as the 8×2 tile's (each dot is one accumulator
-over j either way, and LLVM turns the accumulation's sum over the block's
-rows into the same chain of FMAs into G whether it has 8 terms or two
-groups of 4).
+With c ≥ 5 classes, each half of the block goes through a 4×5 tile instead
+(9 loads per 20 FMAs), classes in groups of 5: a half is 25 KB at d = 784,
+so it stays in L1 across the groups, where the whole block (50 KB) did not
+on a 48 KB L1. Measured on an Ice Lake Xeon, one core, d = 784, c = 10,
+dots and accumulation of a pass, GFLOP/s, 4×5 against 8×2: float64 40.4
+against 31.5 on rows in cache and 29.3 against 24.4 streaming from memory;
+float32 89 against 78 and 58 against 54. Its sums come out the same bit for
+bit as the 8×2 tile's: each dot is one accumulator over j either way, and
+LLVM turns the accumulation's sum over the block's rows into the same chain
+of FMAs into G whether it has 8 terms or two groups of 4.
 """
 import numpy as np
 from numba import njit, types
@@ -80,18 +79,6 @@ def _sums_ol(X, G):
     if X.dtype == types.float32:
         return lambda X, G: np.zeros(G.shape, np.float32)
     return lambda X, G: G
-
-
-def _wide(X):
-    """Whether blocks of X go through the 4×5 tiles when c ≥ 5: float64 rows
-    only (float32 rows ran slower in them than in the 8×2 tiles)."""
-
-
-@overload(_wide, inline="always")
-def _wide_ol(X):
-    if X.dtype == types.float64:
-        return lambda X: True
-    return lambda X: False
 
 
 def _flush(G, S):
@@ -283,7 +270,7 @@ def _dots_block(X, i, W, Z):
     groups of 5 on each half of the block (4×5 tiles), the rest in pairs."""
     c = W.shape[0]
     k = 0
-    if c >= K5 and _wide(X):
+    if c >= K5:
         while k + K5 <= c:
             _dot4x5(X, i, W, k, Z, 0)
             _dot4x5(X, i + 4, W, k, Z, 4)
@@ -301,7 +288,7 @@ def _axpy_block(X, i, C, A):
     groups of 5 from each half of the block (4×5 tiles), the rest in pairs."""
     c = A.shape[0]
     k = 0
-    if c >= K5 and _wide(X):
+    if c >= K5:
         while k + K5 <= c:
             _axpy4x5(X, i, C, 0, k, A)
             _axpy4x5(X, i + 4, C, 4, k, A)
@@ -321,7 +308,7 @@ def _dots_zu(X, i, W, V, both, Z, U):
     c = W.shape[0]
     if not both:
         _dots_block(X, i, W, Z)
-    elif c >= K5 and _wide(X):
+    elif c >= K5:
         _dots_block(X, i, W, Z)
         _dots_block(X, i, V, U)
     else:
