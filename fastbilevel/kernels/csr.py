@@ -23,27 +23,32 @@ _FM_DOTS = _FM - {"reassoc"}
 
 @njit(cache=True, fastmath=_FM_DOTS)
 def _dots_csr(indptr, indices, data, i, W, out):
-    """out[k] = W[k] · x_i for the sparse row i (four partial sums over the
-    row's nonzeros q ≡ 0, 1, 2, 3 mod 4, added as (s0 + s1) + (s2 + s3))."""
+    """out[k] = W[k] · x_i for the sparse row i (``_dot4`` per class)."""
     # 0-based slices: loops over range(p0, p1) keep Numba's negative-index
     # wraparound check on every access
     idx = indices[indptr[i]:indptr[i + 1]]
     val = data[indptr[i]:indptr[i + 1]]
-    m = idx.shape[0]
     for k in range(W.shape[0]):
-        wk = W[k]
-        s0 = s1 = s2 = s3 = 0.0
-        q = 0
-        while q + 4 <= m:
-            s0 += val[q] * wk[idx[q]]
-            s1 += val[q + 1] * wk[idx[q + 1]]
-            s2 += val[q + 2] * wk[idx[q + 2]]
-            s3 += val[q + 3] * wk[idx[q + 3]]
-            q += 4
-        while q < m:
-            s0 += val[q] * wk[idx[q]]
-            q += 1
-        out[k] = (s0 + s1) + (s2 + s3)
+        out[k] = _dot4(idx, val, W[k])
+
+
+@njit(cache=True, fastmath=_FM_DOTS)
+def _dot4(idx, val, w):
+    """Σ_q val[q] w[idx[q]] in four partial sums (q ≡ 0, 1, 2, 3 mod 4, the
+    rest into the first), added as (s0 + s1) + (s2 + s3)."""
+    m = idx.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    q = 0
+    while q + 4 <= m:
+        s0 += val[q] * w[idx[q]]
+        s1 += val[q + 1] * w[idx[q + 1]]
+        s2 += val[q + 2] * w[idx[q + 2]]
+        s3 += val[q + 3] * w[idx[q + 3]]
+        q += 4
+    while q < m:
+        s0 += val[q] * w[idx[q]]
+        q += 1
+    return (s0 + s1) + (s2 + s3)
 
 
 @njit(cache=True, fastmath=_FM)
@@ -78,38 +83,29 @@ def _csr_row(indptr, indices, data, i, pos, y, a, model, W, V, want_grad, want_h
 @njit(cache=True, fastmath=_FM_DOTS)
 def _dots1_csr(idx, val, w, v, both):
     """w · x and, if ``both``, v · x for one row of a single-output model, in
-    one walk over its nonzeros; each sum in the order of ``_dots_csr``."""
+    one walk over its nonzeros; each sum in the order of ``_dot4``."""
+    if not both:
+        return _dot4(idx, val, w), 0.0
     m = idx.shape[0]
     a0 = a1 = a2 = a3 = 0.0
     b0 = b1 = b2 = b3 = 0.0
     q = 0
-    if both:
-        while q + 4 <= m:
-            j0, j1, j2, j3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
-            x0, x1, x2, x3 = val[q], val[q + 1], val[q + 2], val[q + 3]
-            a0 += x0 * w[j0]
-            a1 += x1 * w[j1]
-            a2 += x2 * w[j2]
-            a3 += x3 * w[j3]
-            b0 += x0 * v[j0]
-            b1 += x1 * v[j1]
-            b2 += x2 * v[j2]
-            b3 += x3 * v[j3]
-            q += 4
-        while q < m:
-            a0 += val[q] * w[idx[q]]
-            b0 += val[q] * v[idx[q]]
-            q += 1
-    else:
-        while q + 4 <= m:
-            a0 += val[q] * w[idx[q]]
-            a1 += val[q + 1] * w[idx[q + 1]]
-            a2 += val[q + 2] * w[idx[q + 2]]
-            a3 += val[q + 3] * w[idx[q + 3]]
-            q += 4
-        while q < m:
-            a0 += val[q] * w[idx[q]]
-            q += 1
+    while q + 4 <= m:
+        j0, j1, j2, j3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
+        x0, x1, x2, x3 = val[q], val[q + 1], val[q + 2], val[q + 3]
+        a0 += x0 * w[j0]
+        a1 += x1 * w[j1]
+        a2 += x2 * w[j2]
+        a3 += x3 * w[j3]
+        b0 += x0 * v[j0]
+        b1 += x1 * v[j1]
+        b2 += x2 * v[j2]
+        b3 += x3 * v[j3]
+        q += 4
+    while q < m:
+        a0 += val[q] * w[idx[q]]
+        b0 += val[q] * v[idx[q]]
+        q += 1
     return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
 
 
