@@ -134,10 +134,11 @@ def test_single_output_csr_rows_equal_the_generic_row_kernel_bit_for_bit():
     two dots in one walk over the row, scalar derivatives, both updates in
     one walk); a minibatch pass over all rows in order runs the generic
     per-row kernel. Both must give the same value, gradient, HVP and cross
-    terms bit for bit, for every request (gradient, HVP, J·v alone, all)."""
+    terms bit for bit, for every request (gradient, HVP, J·v alone, all), on
+    float64 and float32 data."""
     from fastbilevel.kernels import oracle_pass, oracle_pass_rows
-    for model in ("linear", "logistic"):
-        prob, _ = make_problem(model, "sample_weights", "csr")
+    for model, fmt in (("linear", "csr"), ("logistic", "csr"), ("logistic", "csr32")):
+        prob, _ = make_problem(model, "sample_weights", fmt)
         hp = prob._lam_in(random_lam(prob))
         w, v = _point(prob)
         W, V = prob._w_in("w", w), prob._w_in("v", v)
