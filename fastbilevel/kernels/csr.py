@@ -140,9 +140,7 @@ def _rows_csr1(indptr, indices, data, lo, hi, y, a, model, w, v, want_grad, want
     for i in range(lo, hi):
         idx = indices[indptr[i]:indptr[i + 1]]
         x = data[indptr[i]:indptr[i + 1]]
-        z, u = _dots1_csr(idx, x, w, v, need_u)
-        if not need_u:
-            u = 0.0
+        z, u = _dots1_csr(idx, x, w, v, need_u)        # u = 0.0 without need_u
         yi = y[i]
         if model == LINEAR:
             r = z - yi
@@ -158,7 +156,7 @@ def _rows_csr1(indptr, indices, data, lo, hi, y, a, model, w, v, want_grad, want
         cg = wi * d1
         ch = wi * h1
         if cross.shape[0] > 0:
-            s = 0.0
+            s = 0.0             # the generic kernel's sum from 0.0 (−0.0 becomes +0.0)
             s += d1 * u
             cross[i] = s * inv_n
         _axpy1_csr(idx, x, cg, g, want_grad and cg != 0.0, ch, hv, want_hvp and ch != 0.0)
