@@ -17,28 +17,25 @@ from fastbilevel.kernels import dense as D
 
 
 @njit
-def _pass_4x5(X, W, C, A, reps):
+def _pass(X, W, C, A, reps, wide):
+    """``reps`` passes over the 8-row blocks of X: the dots with every class
+    and the accumulation, through the 4×5 tiles (``wide``) or the 8×2 ones."""
     Z = np.empty((8, W.shape[0]))
+    step = 5 if wide else 2
     for _ in range(reps):
         for i in range(0, X.shape[0] - 7, 8):
-            for k in range(0, W.shape[0] - 4, 5):
-                D._dot4x5(X, i, W, k, Z, 0)
-                D._dot4x5(X, i + 4, W, k, Z, 4)
-            for k in range(0, W.shape[0] - 4, 5):
-                D._axpy4x5(X, i, C, 0, k, A)
-                D._axpy4x5(X, i + 4, C, 4, k, A)
-    return Z[0, 0]
-
-
-@njit
-def _pass_8x2(X, W, C, A, reps):
-    Z = np.empty((8, W.shape[0]))
-    for _ in range(reps):
-        for i in range(0, X.shape[0] - 7, 8):
-            for k in range(0, W.shape[0] - 1, 2):
-                D._dot8x2(X, i, W[k], W[k + 1], Z, k, Z, k + 1)
-            for k in range(0, W.shape[0] - 1, 2):
-                D._axpy8x2(X, i, C, k, k + 1, A)
+            for k in range(0, W.shape[0] - step + 1, step):
+                if wide:
+                    D._dot4x5(X, i, W, k, Z, 0)
+                    D._dot4x5(X, i + 4, W, k, Z, 4)
+                else:
+                    D._dot8x2(X, i, W[k], W[k + 1], Z, k, Z, k + 1)
+            for k in range(0, W.shape[0] - step + 1, step):
+                if wide:
+                    D._axpy4x5(X, i, C, 0, k, A)
+                    D._axpy4x5(X, i + 4, C, 4, k, A)
+                else:
+                    D._axpy8x2(X, i, C, k, k + 1, A)
     return Z[0, 0]
 
 
@@ -73,8 +70,8 @@ def main(argv=None):
             flops = 4 * rows * d * c * reps
             a, b = [], []
             for _ in range(args.repeats):
-                a.append(flops / _best(_pass_4x5, X, W, C, A, reps) / 1e9)
-                b.append(flops / _best(_pass_8x2, X, W, C, A, reps) / 1e9)
+                a.append(flops / _best(_pass, X, W, C, A, reps, True) / 1e9)
+                b.append(flops / _best(_pass, X, W, C, A, reps, False) / 1e9)
             fmt = lambda v: " ".join(f"{x:.1f}" for x in v)
             print(f"{dt.__name__:8s} {rows:6d} {fmt(a):>24s} {fmt(b):>24s}", flush=True)
 
