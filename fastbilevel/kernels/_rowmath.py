@@ -84,6 +84,16 @@ def row_derivs(model, yi, z, u, want_h, dl, hu):
 
 
 @njit(cache=True, inline="always")
+def derivs1(model, yi, z, u, want_h):
+    """``row_derivs`` of a single-output model on scalars: (ℓ, ℓ', ℓ''u)."""
+    if model == LINEAR:
+        r = z - yi
+        return 0.5 * r * r, r, u if want_h else 0.0
+    t = -yi * z
+    return softplus(t), -yi * sigmoid(t), sigmoid_prime(z) * u if want_h else 0.0
+
+
+@njit(cache=True, inline="always")
 def weight_of(a, i, inv_n):
     """a_i / n, where an empty ``a`` means all weights are one."""
     if a.shape[0] == 0:

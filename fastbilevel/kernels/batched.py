@@ -26,8 +26,7 @@ from numba.extending import overload
 
 from .. import config
 from ._arrays import assign
-from ._rowmath import (INIT, LINEAR, SAMPLE_WEIGHTS, row_coefs, sigmoid, sigmoid_prime,
-                       softplus)
+from ._rowmath import INIT, SAMPLE_WEIGHTS, derivs1, row_coefs
 from .control import STOPPED, report_progress, stop_requested
 from .implicit import _GROWTH as _LS_GROWTH
 from .implicit import _dot, _norm
@@ -58,16 +57,6 @@ def _weight(A, b, i, inv_n):
 
 
 @njit(cache=True, inline="always")
-def _derivs1(model, yi, z, u, want_h):
-    """``row_derivs`` of a single-output model on scalars: (ℓ, ℓ', ℓ''u)."""
-    if model == LINEAR:
-        r = z - yi
-        return 0.5 * r * r, r, u if want_h else 0.0
-    t = -yi * z
-    return softplus(t), -yi * sigmoid(t), sigmoid_prime(z) * u if want_h else 0.0
-
-
-@njit(cache=True, inline="always")
 def _row_settings(model, yi, i, c, Z, U, A, inv_n, want_grad, want_hvp, CG, CH, cross,
                   empty, dl, hu, vals):
     """row_coefs of one row for every setting b: the logits of setting b are
@@ -79,7 +68,7 @@ def _row_settings(model, yi, i, c, Z, U, A, inv_n, want_grad, want_hvp, CG, CH, 
         has_cross = cross.shape[0] > 0
         for b in range(B):
             wi = _weight(A, b, i, inv_n)
-            li, d1, h1 = _derivs1(model, yi, Z[b], U[b], want_hvp)
+            li, d1, h1 = derivs1(model, yi, Z[b], U[b], want_hvp)
             if want_grad:
                 CG[b] = wi * d1
             if want_hvp:

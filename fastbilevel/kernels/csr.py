@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from .. import config
-from ._rowmath import LINEAR, LOGISTIC, row_coefs, sigmoid, sigmoid_prime, softplus, weight_of
+from ._rowmath import LINEAR, LOGISTIC, derivs1, row_coefs, weight_of
 
 _FM = set(config.FASTMATH)
 
@@ -141,17 +141,7 @@ def _rows_csr1(indptr, indices, data, lo, hi, y, a, model, w, v, want_grad, want
         idx = indices[indptr[i]:indptr[i + 1]]
         x = data[indptr[i]:indptr[i + 1]]
         z, u = _dots1_csr(idx, x, w, v, need_u)        # u = 0.0 without need_u
-        yi = y[i]
-        if model == LINEAR:
-            r = z - yi
-            d1 = r
-            h1 = u
-            li = 0.5 * r * r
-        else:
-            t = -yi * z
-            d1 = -yi * sigmoid(t)
-            h1 = sigmoid_prime(z) * u
-            li = softplus(t)
+        li, d1, h1 = derivs1(model, y[i], z, u, want_hvp)
         wi = weight_of(a, i, inv_n)
         cg = wi * d1
         ch = wi * h1

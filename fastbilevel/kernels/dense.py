@@ -270,11 +270,10 @@ def _dots_block(X, i, W, Z):
     groups of 5 on each half of the block (4×5 tiles), the rest in pairs."""
     c = W.shape[0]
     k = 0
-    if c >= K5:
-        while k + K5 <= c:
-            _dot4x5(X, i, W, k, Z, 0)
-            _dot4x5(X, i + 4, W, k, Z, 4)
-            k += K5
+    while k + K5 <= c:
+        _dot4x5(X, i, W, k, Z, 0)
+        _dot4x5(X, i + 4, W, k, Z, 4)
+        k += K5
     while k + 2 <= c:
         _dot8x2(X, i, W[k], W[k + 1], Z, k, Z, k + 1)
         k += 2
@@ -288,11 +287,10 @@ def _axpy_block(X, i, C, A):
     groups of 5 from each half of the block (4×5 tiles), the rest in pairs."""
     c = A.shape[0]
     k = 0
-    if c >= K5:
-        while k + K5 <= c:
-            _axpy4x5(X, i, C, 0, k, A)
-            _axpy4x5(X, i + 4, C, 4, k, A)
-            k += K5
+    while k + K5 <= c:
+        _axpy4x5(X, i, C, 0, k, A)
+        _axpy4x5(X, i + 4, C, 4, k, A)
+        k += K5
     while k + 2 <= c:
         _axpy8x2(X, i, C, k, k + 1, A)
         k += 2
