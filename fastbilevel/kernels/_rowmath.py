@@ -88,7 +88,8 @@ def derivs1(model, yi, z, u, want_h):
     """``row_derivs`` of a single-output model on scalars: (ℓ, ℓ', ℓ''u)."""
     if model == LINEAR:
         r = z - yi
-        return 0.5 * r * r, r, u if want_h else 0.0
+        li = 0.5 * r * r
+        return li, r, u if want_h else 0.0
     t = -yi * z
     return softplus(t), -yi * sigmoid(t), sigmoid_prime(z) * u if want_h else 0.0
 
