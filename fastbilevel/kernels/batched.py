@@ -26,7 +26,8 @@ from numba.extending import overload
 
 from .. import config
 from ._arrays import assign
-from ._rowmath import INIT, SAMPLE_WEIGHTS, derivs1, row_coefs
+from ._rowmath import (INIT, MULTINOMIAL, SAMPLE_WEIGHTS, derivs1, row_coefs,
+                       softmax_block, softmax_scratch)
 from .control import STOPPED, report_progress, stop_requested
 from .implicit import _GROWTH as _LS_GROWTH
 from .implicit import _dot, _norm
@@ -98,13 +99,25 @@ def rows_dense_multi(X, lo, hi, y, A, model, c, W2, V2, want_grad, want_hvp, inv
     dl = np.empty(c)
     hu = np.empty(c)
     empty = np.empty(0)
+    wb = np.empty(RB)
+    T = softmax_scratch(c, RB)
     need_u = want_hvp or cross.shape[0] > 0
     i = lo
     while i + RB <= hi:
         _dots_zu(X, i, W2, V2, need_u, Z, U)
-        for r in range(RB):
-            _row_settings(model, y[i + r], i + r, c, Z[r], U[r], A, inv_n, want_grad,
-                          want_hvp, CG[r], CH[r], cross, empty, dl, hu, vals)
+        if model == MULTINOMIAL:
+            for b in range(vals.shape[0]):
+                for r in range(RB):
+                    wb[r] = _weight(A, b, i + r, inv_n)
+                q = b * c
+                vals[b] = softmax_block(y[i:i + RB], wb, RB, Z[:, q:q + c], U[:, q:q + c],
+                                        inv_n, want_grad, want_hvp,
+                                        cross[b] if cross.shape[0] > 0 else empty, i,
+                                        CG[:, q:q + c], CH[:, q:q + c], T, vals[b])
+        else:
+            for r in range(RB):
+                _row_settings(model, y[i + r], i + r, c, Z[r], U[r], A, inv_n, want_grad,
+                              want_hvp, CG[r], CH[r], cross, empty, dl, hu, vals)
         if want_grad:
             _axpy_block(X, i, CG, G2)
         if want_hvp:

@@ -24,7 +24,7 @@ from numba.extending import overload
 
 from .. import config
 from ._arrays import assign
-from ._rowmath import row_coefs, weight_of
+from ._rowmath import MULTINOMIAL, row_coefs, softmax_block, softmax_scratch, weight_of
 
 _FM = set(config.FASTMATH)
 RB = 8  # rows per block
@@ -339,9 +339,10 @@ def _axpy_dense(X, i, coef, A):
 @njit(cache=True, inline="always")
 def _block_scratch(c):
     """Per-call scratch of the 8-row kernels: dots Z, U and coefficients CG,
-    CH (8, c), and two length-c rows."""
+    CH (8, c), two length-c rows, the block's row weights and the softmax
+    block's scratch."""
     return (np.empty((RB, c)), np.zeros((RB, c)), np.zeros((RB, c)), np.zeros((RB, c)),
-            np.empty(c), np.empty(c))
+            np.empty(c), np.empty(c), np.empty(RB), softmax_scratch(c, RB))
 
 
 @njit(cache=True)
@@ -353,7 +354,7 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
     when cross has length n (with or without want_hvp: a J·v pass alone
     skips the HV accumulation)."""
     c = W.shape[0]
-    Z, U, CG, CH, dl, hu = _block_scratch(c)
+    Z, U, CG, CH, dl, hu, wb, T = _block_scratch(c)
     Wt = _arith(X, W)
     Vt = _arith(X, V)
     GS = _sums(X, G)
@@ -363,10 +364,16 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
     nb = 0
     while i + RB <= hi:
         _dots_zu(X, i, Wt, Vt, want_hvp or cross.shape[0] > 0, Z, U)
-        for r in range(RB):
-            val += row_coefs(model, y[i + r], Z[r], U[r], weight_of(a, i + r, inv_n),
-                             inv_n, want_grad, want_hvp, CG[r], CH[r], cross,
-                             i + r, dl, hu)
+        if model == MULTINOMIAL:
+            for r in range(RB):
+                wb[r] = weight_of(a, i + r, inv_n)
+            val = softmax_block(y[i:i + RB], wb, RB, Z, U, inv_n, want_grad, want_hvp,
+                                cross, i, CG, CH, T, val)
+        else:
+            for r in range(RB):
+                val += row_coefs(model, y[i + r], Z[r], U[r], weight_of(a, i + r, inv_n),
+                                 inv_n, want_grad, want_hvp, CG[r], CH[r], cross,
+                                 i + r, dl, hu)
         if want_grad:
             _axpy_block(X, i, CG, GS)
         if want_hvp:
@@ -400,7 +407,7 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
     cross is indexed by batch position (a row drawn twice has two entries)."""
     c, d = W.shape
     Xb = np.empty((RB, d), dtype=X.dtype)
-    Z, U, CG, CH, dl, hu = _block_scratch(c)
+    Z, U, CG, CH, dl, hu, wb, T = _block_scratch(c)
     Wt = _arith(X, W)
     Vt = _arith(X, V)
     GS = _sums(X, G)
@@ -416,14 +423,19 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
         for r in range(nb, RB):
             Xb[r] = 0.0
         _dots_zu(Xb, 0, Wt, Vt, want_hvp or cross.shape[0] > 0, Z, U)
-        for r in range(RB):
-            if r < nb:
+        if model == MULTINOMIAL:
+            for r in range(nb):
+                wb[r] = weight_of(a, rows[k + r], inv_n)
+            val = softmax_block(yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, k,
+                                CG, CH, T, val)
+        else:
+            for r in range(nb):
                 val += row_coefs(model, yb[r], Z[r], U[r], weight_of(a, rows[k + r], inv_n),
                                  inv_n, want_grad, want_hvp, CG[r], CH[r], cross, k + r,
                                  dl, hu)
-            else:
-                CG[r] = 0.0
-                CH[r] = 0.0
+        for r in range(nb, RB):
+            CG[r] = 0.0
+            CH[r] = 0.0
         if want_grad:
             _axpy_block(Xb, 0, CG, GS)
         if want_hvp:

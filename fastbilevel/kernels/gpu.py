@@ -54,6 +54,7 @@ shared arrays): ``kernels(C, TPB)``. ``py_kernels(C, TPB)`` gives the same
 kernels as plain Python functions, for ``numba.cuda.compile_ptx``.
 """
 import functools
+import math
 import types as _pytypes
 
 import numpy as np
@@ -98,7 +99,9 @@ def row_math():
     # the builtin max(float, float) fails to type in Numba 0.68's CUDA target
     sp = device_twin(_rowmath.softplus, max=cuda.jit(device=True)(_fmax))
     spp = device_twin(_rowmath.sigmoid_prime)
-    rd = device_twin(_rowmath.row_derivs, sigmoid=sig, softplus=sp, sigmoid_prime=spp)
+    # the GPU's own exp (the CPU's exp_neg is written for SIMD lanes)
+    rd = device_twin(_rowmath.row_derivs, sigmoid=sig, softplus=sp, sigmoid_prime=spp,
+                     exp_neg=math.exp)
     rc = device_twin(_rowmath.row_coefs, row_derivs=rd)
     return rc, device_twin(_rowmath.weight_of)
 
