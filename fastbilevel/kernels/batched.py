@@ -100,7 +100,7 @@ def rows_dense_multi(X, lo, hi, y, A, model, c, W2, V2, want_grad, want_hvp, inv
     hu = np.empty(c)
     empty = np.empty(0)
     wb = np.empty(RB)
-    T = softmax_scratch(c, RB)
+    T = softmax_scratch(c)
     need_u = want_hvp or cross.shape[0] > 0
     i = lo
     while i + RB <= hi:

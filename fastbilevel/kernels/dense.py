@@ -24,10 +24,10 @@ from numba.extending import overload
 
 from .. import config
 from ._arrays import assign
-from ._rowmath import MULTINOMIAL, row_coefs, softmax_block, softmax_scratch, weight_of
+from ._rowmath import BLOCK, MULTINOMIAL, row_coefs, softmax_block, softmax_scratch, weight_of
 
 _FM = set(config.FASTMATH)
-RB = 8  # rows per block
+RB = BLOCK  # rows per block
 K5 = 5  # classes per 4×5 tile (models with c ≥ 5)
 FLUSH = 64  # blocks between flushes of float32 sums into the float64 results
 
@@ -342,7 +342,7 @@ def _block_scratch(c):
     CH (8, c), two length-c rows, the block's row weights and the softmax
     block's scratch."""
     return (np.empty((RB, c)), np.zeros((RB, c)), np.zeros((RB, c)), np.zeros((RB, c)),
-            np.empty(c), np.empty(c), np.empty(RB), softmax_scratch(c, RB))
+            np.empty(c), np.empty(c), np.empty(RB), softmax_scratch(c))
 
 
 @njit(cache=True)
