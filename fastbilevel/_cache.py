@@ -10,7 +10,7 @@ stale kernel; and a cache written inside an installed package survives
 
 So every function of this package compiled with ``cache=True`` is cached in
 
-    <root>/<version>-<hash of all the package's .py files and numba's version>/
+    <root>/<version>-<hash of the package's name, its .py files and numba's version>/
 
 with ``<root>`` = ``$NUMBA_CACHE_DIR/fastbilevel`` when that variable is set,
 else the user's cache folder (``$XDG_CACHE_HOME/fastbilevel`` or
@@ -37,8 +37,12 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _source_hash():
-    """sha256 of every .py file of the package (path and bytes) and numba's version."""
-    h = hashlib.sha256(numba.__version__.encode())
+    """sha256 of the package's import name, numba's version and every .py file
+    of the package (path and bytes). The name keeps a renamed copy of the same
+    sources (``bench/ab_kernels.py`` imports one) out of the folder: its
+    cache index would name the other module."""
+    h = hashlib.sha256(__name__.rpartition(".")[0].encode())
+    h.update(numba.__version__.encode())
     for dirpath, dirnames, filenames in os.walk(PACKAGE_DIR):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
