@@ -146,3 +146,21 @@ def test_assign_copies_every_rank_and_refuses_other_shapes():
     assert dst[:, ::2].sum() == 12 and dst[:, 1::2].sum() == 0
     with pytest.raises(ValueError, match="different shapes"):
         copy(np.zeros((3, 4)), np.zeros((4, 3)))
+
+
+def test_a_renamed_copy_of_the_same_sources_gets_its_own_cache_folder(tmp_path):
+    """Numba's cache index pickles the module path of each kernel: a copy of
+    the package imported under another name (as ``bench/ab_kernels.py``
+    imports the previous version) must not share the folder, or each would
+    find index entries naming the other's module."""
+    import shutil
+    src = os.path.dirname(fb.__file__)
+    shutil.copytree(src, str(tmp_path / "fastbilevel_copy"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import fastbilevel_copy\n"
+              "print(fastbilevel_copy._cache.resolved_cache_dir())")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs, ours = out.stdout.strip(), fb._cache.resolved_cache_dir()
+    assert os.path.dirname(theirs) == os.path.dirname(ours) and theirs != ours
