@@ -198,61 +198,55 @@ def softmax_block(yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, ci, CG, C
     per-row sum in the same order): Z[r], U[r] the dots of row r, yb[r] its
     label, wb[r] its weight a_i/n; cross entries go to cross[ci + r].
     Returns val + Σ_r wb[r]ℓ(Z[r]), added to val row by row. ``T`` is
-    scratch (``softmax_scratch``): rows ZT, UT, P (classes × rows) and m, s,
-    inv, pu (per row).
+    scratch (``softmax_scratch``): rows ZT, P (classes × rows), m, s (per row).
 
-    The loops run over the block's rows with the classes outside, so LLVM's
-    loop vectorizer makes the exponentials and the sums SIMD across rows
+    The exponentials, most of the work, run over the block's rows with the
+    classes outside, so LLVM's loop vectorizer makes them SIMD across rows
     (with a compile-time trip count of 8 it unrolled them to scalar code
-    instead, 1.4× slower)."""
+    instead, 1.4× slower); the rest goes row by row. Measured on an Ice Lake
+    Xeon, c = 10: 0.46 µs a block of 8 rows, against about 1.6 µs for
+    ``row_coefs`` row by row with the C library's exp."""
     rb, c = Z.shape
-    ZT, UT, P = T[:c], T[c:2 * c], T[2 * c:3 * c]
-    m, s, inv, pu = T[3 * c], T[3 * c + 1], T[3 * c + 2], T[3 * c + 3]
-    need_u = want_hvp or cross.shape[0] > 0
+    ZT, P = T[:c], T[c:2 * c]
+    m, s = T[2 * c], T[2 * c + 1]
     for r in range(rb):
+        mr = Z[r, 0]
         for k in range(c):
-            ZT[k, r] = Z[r, k]
-    if need_u:
-        for r in range(rb):
-            for k in range(c):
-                UT[k, r] = U[r, k]
-    for r in range(rb):
-        m[r] = ZT[0, r]
-    for k in range(1, c):
-        for r in range(rb):
-            m[r] = ZT[k, r] if ZT[k, r] > m[r] else m[r]
+            zk = Z[r, k]
+            ZT[k, r] = zk
+            mr = zk if zk > mr else mr
+        m[r] = mr
     s[:] = 0.0
     for k in range(c):
         for r in range(rb):
             e = exp_neg(ZT[k, r] - m[r])
             P[k, r] = e
             s[r] += e
-    for r in range(rb):
-        inv[r] = 1.0 / s[r]
-    for k in range(c):
-        for r in range(rb):
-            P[k, r] *= inv[r]
-    if want_hvp:
-        pu[:] = 0.0
-        for k in range(c):
-            for r in range(rb):
-                pu[r] += P[k, r] * UT[k, r]
-        for r in range(nb):
-            for k in range(c):
-                CH[r, k] = wb[r] * (P[k, r] * (UT[k, r] - pu[r]))
+    has_cross = cross.shape[0] > 0
     for r in range(nb):
-        ky = int(yb[r])
-        val += wb[r] * (m[r] + math.log(s[r]) - ZT[ky, r])
-        P[ky, r] -= 1.0
-    if want_grad:
-        for r in range(nb):
+        inv = 1.0 / s[r]
+        wr = wb[r]
+        if want_hvp:
+            pu = 0.0
             for k in range(c):
-                CG[r, k] = wb[r] * P[k, r]
-    if cross.shape[0] > 0:
-        for r in range(nb):
+                p = P[k, r] * inv
+                P[k, r] = p
+                pu += p * U[r, k]
+            for k in range(c):
+                CH[r, k] = wr * (P[k, r] * (U[r, k] - pu))
+        else:
+            for k in range(c):
+                P[k, r] *= inv
+        ky = int(yb[r])
+        val += wr * (m[r] + math.log(s[r]) - Z[r, ky])
+        P[ky, r] -= 1.0
+        if want_grad:
+            for k in range(c):
+                CG[r, k] = wr * P[k, r]
+        if has_cross:
             sc = 0.0
             for k in range(c):
-                sc += P[k, r] * UT[k, r]
+                sc += P[k, r] * U[r, k]
             cross[ci + r] = sc * inv_n
     return val
 
@@ -260,4 +254,4 @@ def softmax_block(yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, ci, CG, C
 @njit(cache=True, inline="always")
 def softmax_scratch(c):
     """Scratch of ``softmax_block`` for c classes."""
-    return np.empty((3 * c + 4, BLOCK))
+    return np.empty((2 * c + 2, BLOCK))
