@@ -51,7 +51,8 @@ def exp_neg(x):
     exp is a call per element): x = k ln 2 + r with |r| ≤ ½ ln 2, e^r by its
     Taylor polynomial of degree 13 (truncation < 2⁻⁶⁰), 2^k put in the
     exponent bits. Within 2 ulp of e^x, as accurate as the C library's;
-    0.0 below −708 (where e^x is subnormal); NaN stays NaN."""
+    0.0 below −708 (e^x < 3.3·10⁻³⁰⁸ there, subnormal below −708.4, where
+    2^k no longer fits the exponent bits); NaN stays NaN."""
     if x < -746.0:
         x = -746.0
     t = x * _LOG2E + _ROUND
