@@ -9,7 +9,22 @@ import scipy.sparse as sp
 import fastbilevel as fb
 from naive import Spec
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--all-formats", action="store_true", default=False,
+        help="run the format-parametrized tests on all four data formats (dense and "
+             "CSR, float64 and float32; each compiles every kernel once more); by "
+             f"default they run on {', '.join(DEFAULT_FORMATS)} and, where a test asks "
+             "for it, dense float32 (its tiles' own arithmetic). The environment "
+             f"variable {ALL_FORMATS_ENV}=1 does the same.")
+
+
 def pytest_configure(config):
+    config.addinivalue_line("markers", "combo_formats(*formats): formats the combo "
+                            "fixture adds to the default tier for this test")
+    if config.getoption("--all-formats"):
+        # read by the test modules and by the scripts they run in subprocesses
+        os.environ[ALL_FORMATS_ENV] = "1"
     # with -n, tests marked xdist_group (test_cuda.py: its simulator run is
     # shared by its tests) run on one worker, the rest balanced as usual: the
     # controller schedules by group, the workers tag the marked tests' ids
@@ -21,7 +36,24 @@ def pytest_configure(config):
 
 MODELS = ["linear", "logistic", "multinomial"]
 HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
+# Every kernel compiles once per data format and dtype, and compiling is most
+# of a cold run's time. The default tier runs the format-parametrized tests
+# on both layouts and both dtypes, dense float64 and CSR float32, plus dense
+# float32 where a test asks for it (its tiles multiply in float32: their own
+# code); --all-formats (or the variable) adds the other two everywhere.
 FORMATS = ["dense64", "dense32", "csr64", "csr32"]
+DEFAULT_FORMATS = ["dense64", "csr32"]
+ALL_FORMATS_ENV = "FASTBILEVEL_TEST_ALL_FORMATS"
+
+
+def all_formats():
+    return os.environ.get(ALL_FORMATS_ENV) == "1"
+
+
+def tier_formats(*extra):
+    """The formats of this run's tier, in FORMATS's order: all four with
+    --all-formats, else DEFAULT_FORMATS and ``extra``."""
+    return [f for f in FORMATS if all_formats() or f in DEFAULT_FORMATS or f in extra]
 
 
 def make_data(model, fmt, n=37, m=6, d=5, c=3, seed=0, density=0.6):
@@ -79,10 +111,14 @@ def random_lam(prob, seed=1):
     return rng.standard_normal(prob.w_shape)
 
 
-@pytest.fixture(params=[(m, h, f) for m in MODELS for h in HYPERS for f in FORMATS],
-                ids=lambda p: "-".join(p))
-def combo(request):
-    return request.param
+def pytest_generate_tests(metafunc):
+    """``combo``: every model × map × format of the tier; a test marked
+    ``combo_formats(*formats)`` runs those formats in the default tier too."""
+    if "combo" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("combo_formats")
+        fmts = tier_formats(*(mark.args if mark else ()))
+        metafunc.parametrize("combo", [(m, h, f) for m in MODELS for h in HYPERS for f in fmts],
+                             ids="-".join)
 
 
 def same_output_on_1_and_2_threads(script):

@@ -7,11 +7,21 @@ Small problems (the simulator runs every GPU thread as a Python thread):
 every model × map × format for the oracles and reverse mode, and every
 method and inner solver on a few of them.
 """
+import os
 import sys
 import time
 import traceback
 
 import numpy as np
+
+# The test tier (tests/conftest.py): with --all-formats every case below runs
+# on its own format; by default CSR cases run on float32 data (whose rows
+# multiply in float64 like float64 ones) and dense float32 only where its
+# own arithmetic (the oracles, reverse mode) is compiled for the CPU anyway.
+ALL_FORMATS = os.environ.get("FASTBILEVEL_TEST_ALL_FORMATS") == "1"
+CSR = "csr64" if ALL_FORMATS else "csr32"
+ORACLE_FORMATS = ("dense64", "csr64", "dense32", "csr32") if ALL_FORMATS else \
+    ("dense64", "csr32", "dense32")
 
 MODELS = ["linear", "logistic", "multinomial"]
 HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
@@ -25,15 +35,15 @@ def _cases():
     out = []
     for m in MODELS:
         for h in HYPERS:
-            for f in ("dense64", "csr64", "dense32", "csr32"):
+            for f in ORACLE_FORMATS:
                 out.append((f"oracles-{m}-{h}-{f}", m, h, f, "oracles", {}))
-            for f in ("dense64", "csr64"):
+            for f in ("dense64", CSR):
                 out.append((f"reverse-{m}-{h}-{f}", m, h, f, "reverse", {}))
-        for f in ("dense32", "csr32"):
+        for f in ("dense32", "csr32"):       # (csr32 is CSR's case in the default tier)
             out.append((f"reverse-{m}-feature_l2-{f}", m, "feature_l2", f, "reverse", {}))
     # every method and solver, on a dense and a CSR problem of different maps
     for m, h, f in (("logistic", "sample_weights", "dense64"),
-                    ("multinomial", "feature_l2", "csr64"),
+                    ("multinomial", "feature_l2", CSR),
                     ("linear", "biased_l2", "csr32")):
         for solver in ("heavy_ball", "agd"):
             out.append((f"reverse-{solver}-{m}-{h}-{f}", m, h, f, "reverse",
@@ -56,15 +66,15 @@ def _cases():
     # (every model × map, the formats alternating: the single-setting cases
     # above run the same batched kernels with B = 1 on both formats)
     for k, (m, h) in enumerate((m, h) for m in MODELS for h in HYPERS):
-        f = ("dense64", "csr64")[k % 2]
+        f = ("dense64", CSR)[k % 2]
         out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
     # multi-start outer loops in lockstep on the batched kernels
-    out.append(("many-logistic-feature_l2-csr64", "logistic", "feature_l2", "csr64", "many", {}))
-    for f in ("dense32", "csr32"):
+    out.append((f"many-logistic-feature_l2-{CSR}", "logistic", "feature_l2", CSR, "many", {}))
+    for f in ("dense32", "csr32") if ALL_FORMATS else ("csr32",):
         out.append((f"sweep-multinomial-feature_l2-{f}", "multinomial", "feature_l2", f,
                     "sweep", {}))
     for m, h, f in (("logistic", "sample_weights", "dense64"),
-                    ("multinomial", "feature_l2", "csr64")):
+                    ("multinomial", "feature_l2", CSR)):
         for tag, kw in (("checkpointed", {"method": "checkpointed", "snapshots": 2}),
                         ("recompute", {"method": "recompute"}),
                         ("truncated", {"method": "truncated", "K": 2}),
@@ -84,24 +94,24 @@ def _cases():
     k = 0
     for m in MODELS:
         for h in HYPERS[:-1]:
-            for f in ("dense64", "csr64"):
+            for f in ("dense64", CSR):
                 out.append((f"stocbio-{m}-{h}-{f}", m, h, f, "stocbio",
                             {"replace": k % 2 == 1}))
                 k += 1
     for m, h, f in (("logistic", "sample_weights", "dense64"),
-                    ("multinomial", "feature_l2", "csr64"),
-                    ("linear", "l2", "csr64"), ("logistic", "biased_l2", "dense64")):
-        out.append((f"fsla-{m}-{h}-{f}", m, h, f, "fsla", {"replace": f == "csr64"}))
+                    ("multinomial", "feature_l2", CSR),
+                    ("linear", "l2", CSR), ("logistic", "biased_l2", "dense64")):
+        out.append((f"fsla-{m}-{h}-{f}", m, h, f, "fsla", {"replace": f == CSR}))
     # minibatch SGD inner loops, through the schedules and forward mode
     for m, h, f in (("logistic", "sample_weights", "dense64"),
-                    ("multinomial", "feature_l2", "csr64"),
-                    ("linear", "sample_weights", "csr64")):
+                    ("multinomial", "feature_l2", CSR),
+                    ("linear", "sample_weights", CSR)):
         for meth, kw in (("reverse", {"replace": True}), ("checkpointed", {"snapshots": 2}),
                          ("forward", {})):
             out.append((f"sgd-{meth}-{m}-{h}-{f}", m, h, f, meth,
                         dict(kw, solver="sgd", batch_size=5, seed=9)))
     # the backend's minibatch pass (sorted rows with repeats) and the draws
-    for f in ("dense64", "csr64"):
+    for f in ("dense64", CSR):
         out.append((f"pass_rows-multinomial-sample_weights-{f}", "multinomial",
                     "sample_weights", f, "pass_rows", {}))
     out.append(("draws", "logistic", "l2", "dense64", "draws", {}))
@@ -123,7 +133,8 @@ def _cases():
     # the default step size (power iteration on the GPU, c = 1 for multinomial too)
     out.append(("default-step-multinomial-l2-dense64", "multinomial", "l2", "dense64",
                 "reverse", {"step_size": None}))
-    return out
+    # one case per name: in the default tier CSR is csr32, so some coincide
+    return list({case[0]: case for case in out}.values())
 
 
 CASES = _cases()

@@ -1,11 +1,16 @@
 """Every oracle, for every model × map × format, against central finite
 differences of the naive NumPy objective, and values against the naive ones."""
 import numpy as np
+import pytest
 
 import naive
 from conftest import make_problem, random_lam, tol
 
 TOL_FD = 1e-6
+
+# dense float32 in the default tier too: the oracles are where its tiles'
+# float32 arithmetic is checked against the naive objective
+pytestmark = pytest.mark.combo_formats("dense32")
 
 
 def _point(prob, seed=2):

@@ -10,6 +10,7 @@ import naive
 from conftest import make_problem, random_lam, tol
 
 
+@pytest.mark.combo_formats("dense32")       # float32 tiles through the whole unroll
 def test_reverse_matches_fd(combo):
     prob, s = make_problem(*combo)
     lam = random_lam(prob)

@@ -125,7 +125,7 @@ def test_auto_strategy_and_refusals():
     lams = np.array([-1.0, 0.0])
     assert fb.sweep(prob, lams, method="forward", steps=3).stats["strategy"] == "settings"
     # CSR: the batched pass pays from CSR_ROWS_MIN_SETTINGS settings on; dense: always
-    big, _ = make_problem("logistic", "l2", "csr64", n=300)
+    big, _ = make_problem("logistic", "l2", "csr32", n=300)
     few, many = np.linspace(-2, 0, 3), np.linspace(-2, 0, 8)
     assert fb.sweep(big, few, steps=3).stats["strategy"] == "settings"
     assert fb.sweep(big, many, steps=3).stats["strategy"] == "rows"
