@@ -345,6 +345,22 @@ def _block_scratch(c):
             np.empty(c), np.empty(c), np.empty(RB), softmax_scratch(c))
 
 
+@njit(cache=True, inline="always")
+def _block_rows(model, yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, ci, CG, CH,
+                dl, hu, T, val):
+    """The row math of a block's first nb rows (labels yb, weights wb, dots
+    Z and U; cross entries from index ci on): ``softmax_block`` for the
+    multinomial model, ``row_coefs`` row by row for the others (the same
+    results bit for bit). Returns val plus their weighted losses."""
+    if model == MULTINOMIAL:
+        return softmax_block(yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, ci,
+                             CG, CH, T, val)
+    for r in range(nb):
+        val += row_coefs(model, yb[r], Z[r], U[r], wb[r], inv_n, want_grad, want_hvp,
+                         CG[r], CH[r], cross, ci + r, dl, hu)
+    return val
+
+
 @njit(cache=True)
 def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
                HV, cross):
@@ -364,16 +380,10 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
     nb = 0
     while i + RB <= hi:
         _dots_zu(X, i, Wt, Vt, want_hvp or cross.shape[0] > 0, Z, U)
-        if model == MULTINOMIAL:
-            for r in range(RB):
-                wb[r] = weight_of(a, i + r, inv_n)
-            val = softmax_block(y[i:i + RB], wb, RB, Z, U, inv_n, want_grad, want_hvp,
-                                cross, i, CG, CH, T, val)
-        else:
-            for r in range(RB):
-                val += row_coefs(model, y[i + r], Z[r], U[r], weight_of(a, i + r, inv_n),
-                                 inv_n, want_grad, want_hvp, CG[r], CH[r], cross,
-                                 i + r, dl, hu)
+        for r in range(RB):
+            wb[r] = weight_of(a, i + r, inv_n)
+        val = _block_rows(model, y[i:i + RB], wb, RB, Z, U, inv_n, want_grad, want_hvp,
+                          cross, i, CG, CH, dl, hu, T, val)
         if want_grad:
             _axpy_block(X, i, CG, GS)
         if want_hvp:
@@ -423,16 +433,10 @@ def rows_dense_idx(X, rows, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_
         for r in range(nb, RB):
             Xb[r] = 0.0
         _dots_zu(Xb, 0, Wt, Vt, want_hvp or cross.shape[0] > 0, Z, U)
-        if model == MULTINOMIAL:
-            for r in range(nb):
-                wb[r] = weight_of(a, rows[k + r], inv_n)
-            val = softmax_block(yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, k,
-                                CG, CH, T, val)
-        else:
-            for r in range(nb):
-                val += row_coefs(model, yb[r], Z[r], U[r], weight_of(a, rows[k + r], inv_n),
-                                 inv_n, want_grad, want_hvp, CG[r], CH[r], cross, k + r,
-                                 dl, hu)
+        for r in range(nb):
+            wb[r] = weight_of(a, rows[k + r], inv_n)
+        val = _block_rows(model, yb, wb, nb, Z, U, inv_n, want_grad, want_hvp, cross, k,
+                          CG, CH, dl, hu, T, val)
         for r in range(nb, RB):
             CG[r] = 0.0
             CH[r] = 0.0
