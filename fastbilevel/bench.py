@@ -311,15 +311,31 @@ def method_call(problem, lam, method, steps, gamma, solver="gd", momentum=None,
                                  momentum=momentum, **kw).stats
 
 
-def float32_error(p64, p32, steps):
-    """Relative error ‖h₃₂ − h₆₄‖/‖h₆₄‖ of the reverse hypergradient on float32
-    data against float64 data (the same λ and step size: the float64
-    problem's default), T = ``steps``."""
+def float32_against_float64(p64, p32, steps, repeats, clock=time.perf_counter):
+    """The reverse hypergradient on float32 data against float64 data (the
+    same λ and step size: the float64 problem's default; T = ``steps``):
+    its relative error ‖h₃₂ − h₆₄‖/‖h₆₄‖, and how much faster float32 runs,
+    timed in ``repeats`` pairs of calls that alternate between the two
+    (ABBA order), so that a change in the machine's load slows both alike.
+    Returns {"rel_err", "speedup" (the median of the per-pair ratios),
+    "speedup_min", "speedup_max", "pairs", "float64_s", "float32_s" (the
+    medians)}. ``clock``: the timer (seconds)."""
     lam = default_lam(p64)
     gamma = resolve_step_size(p64, lam, None)
-    h64 = hypergradient(p64, lam, "reverse", steps=steps, step_size=gamma).grad
-    h32 = hypergradient(p32, lam, "reverse", steps=steps, step_size=gamma).grad
-    return float(np.linalg.norm(h32 - h64) / np.linalg.norm(h64))
+    calls = [lambda p=p: hypergradient(p, lam, "reverse", steps=steps, step_size=gamma)
+             for p in (p64, p32)]
+    h64, h32 = (call().grad for call in calls)          # compiled or loaded, and warm
+    ts = ([], [])
+    for k in range(repeats):
+        for j in ((0, 1) if k % 2 == 0 else (1, 0)):
+            t0 = clock()
+            calls[j]()
+            ts[j].append(clock() - t0)
+    ratios = [a / b for a, b in zip(*ts)]
+    return {"rel_err": float(np.linalg.norm(h32 - h64) / np.linalg.norm(h64)),
+            "speedup": float(np.median(ratios)), "speedup_min": min(ratios),
+            "speedup_max": max(ratios), "pairs": repeats,
+            "float64_s": float(np.median(ts[0])), "float32_s": float(np.median(ts[1]))}
 
 
 def _timed(fun, repeats):

@@ -72,6 +72,34 @@ def test_bench_both_dtypes_reports_the_float32_error(tmp_path):
     assert 0 < want < 1e-4
     assert data["float32_rel_err"] == pytest.approx(want, rel=1e-6)
     assert f"relative error {want:.2e}" in res.output
+    # the speed-up: pairs of calls alternating between the dtypes
+    f32 = data["float32_against_float64"]
+    assert f32["rel_err"] == data["float32_rel_err"] and f32["pairs"] == 1
+    assert f32["speedup"] == f32["speedup_min"] == f32["speedup_max"] == \
+        pytest.approx(f32["float64_s"] / f32["float32_s"], rel=1e-12)
+    assert f"float32 {f32['speedup']:.2f}x faster (median of 1 alternating pairs" in res.output
+
+
+def test_float32_against_float64_pairs_alternate(monkeypatch):
+    """Each pair times one float64 and one float32 call, the order swapping
+    from pair to pair; the speed-up is the median of the per-pair ratios."""
+    ds64 = bench_mod.bench_dataset("ridge", True, 0, "float64")
+    ds32 = bench_mod.bench_dataset("ridge", True, 0, "float32")
+    p64, p32 = ds64.problem(), ds32.problem()
+    order, clock = [], iter([0.0, 8.0, 8.0, 10.0, 10.0, 11.0, 11.0, 13.0, 13.0, 16.0, 16.0, 20.0])
+    real = bench_mod.hypergradient
+
+    def spy(p, *a, **k):
+        order.append(str(p.dtype))
+        return real(p, *a, **k)
+    monkeypatch.setattr(bench_mod, "hypergradient", spy)
+    r = bench_mod.float32_against_float64(p64, p32, 3, 3, clock=lambda: next(clock))
+    assert order == ["float64", "float32",                     # the first (warm-up) calls
+                     "float64", "float32", "float32", "float64", "float64", "float32"]
+    # float64 took 8, 2, 3 s and float32 2, 1, 4 s: per-pair ratios 4, 2, 0.75,
+    # whose median (2) is not the ratio of the medians (3 / 2)
+    assert (r["speedup"], r["speedup_min"], r["speedup_max"]) == (2.0, 0.75, 4.0)
+    assert (r["float64_s"], r["float32_s"], r["pairs"]) == (3.0, 2.0, 3)
 
 
 def test_bench_rejects_unknown_method():

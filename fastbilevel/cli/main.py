@@ -13,7 +13,7 @@ from .. import datasets
 from .._cache import PACKAGE_DIR, clear_stale, resolved_cache_dir, stale_cache_dirs
 from .._version import __version__
 from ..bench import (METHODS, PROBLEMS, SIZES, bench_dataset, default_lam, format_table,
-                     float32_error, machine_peaks, peak_rss_mb, run_bench, run_gpu_bench,
+                     float32_against_float64, machine_peaks, peak_rss_mb, run_bench, run_gpu_bench,
                      run_gpu_sweep_bench, run_peer_bench, run_sweep_bench)
 from ..cuda import DeviceError, check_available
 
@@ -201,11 +201,15 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
                      "data": data_path, "model": model, "val_fraction": val_fraction})
         rows += new
     click.echo(format_table(rows))
-    f32_err = None
+    f32_err = f32 = None
     if len(probs) == 2:
-        f32_err = float32_error(probs["float64"], probs["float32"], T)
+        f32 = float32_against_float64(probs["float64"], probs["float32"], T, reps)
+        f32_err = f32["rel_err"]
         click.echo(f"float32 against float64 data: reverse hypergradient relative error "
-                   f"{f32_err:.2e} (T={T}, same λ and step size)")
+                   f"{f32_err:.2e} (T={T}, same λ and step size); float32 "
+                   f"{f32['speedup']:.2f}x faster (median of {f32['pairs']} alternating "
+                   f"pairs of calls, range {f32['speedup_min']:.2f}-{f32['speedup_max']:.2f}x; "
+                   f"the table's rows time all float64 calls first)")
     click.echo(f"total {time.perf_counter() - t0:.1f} s")
     if plot_path:
         from ..plot import plot_bench
@@ -214,7 +218,8 @@ def bench(problem, methods, hyper, solver, momentum, snapshots, schedule, K, rss
     if json_path:
         with open(json_path, "w") as fh:
             json.dump({"problem": problem, "quick": quick, "machine": peaks,
-                       "threads": _threads(), "float32_rel_err": f32_err, "results": rows},
+                       "threads": _threads(), "float32_rel_err": f32_err,
+                       "float32_against_float64": f32, "results": rows},
                       fh, indent=2)
         click.echo(f"wrote {json_path}")
 
