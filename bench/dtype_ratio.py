@@ -8,7 +8,8 @@ on the float64 and the float32 copies of ``datasets.hypercleaning()``,
 alternating, and prints both medians, the ratio of the medians, the median
 of the per-pair ratios with their range, and the float32 hypergradient's
 relative error against the float64 one. (``fastbilevel bench --dtype both``
-times all float64 calls first, then all float32 ones.)
+prints a paired figure of the same kind, for any bench problem, besides its
+table rows, which time all float64 calls first and then the float32 ones.)
 """
 import argparse
 import time
