@@ -7,21 +7,11 @@ Small problems (the simulator runs every GPU thread as a Python thread):
 every model × map × format for the oracles and reverse mode, and every
 method and inner solver on a few of them.
 """
-import os
 import sys
 import time
 import traceback
 
 import numpy as np
-
-# The test tier (tests/conftest.py): with --all-formats every case below runs
-# on its own format; by default CSR cases run on float32 data (whose rows
-# multiply in float64 like float64 ones) and dense float32 only where its
-# own arithmetic (the oracles, reverse mode) is compiled for the CPU anyway.
-ALL_FORMATS = os.environ.get("FASTBILEVEL_TEST_ALL_FORMATS") == "1"
-CSR = "csr64" if ALL_FORMATS else "csr32"
-ORACLE_FORMATS = ("dense64", "csr64", "dense32", "csr32") if ALL_FORMATS else \
-    ("dense64", "csr32", "dense32")
 
 MODELS = ["linear", "logistic", "multinomial"]
 HYPERS = ["sample_weights", "feature_l2", "l2", "biased_l2", "init"]
@@ -32,10 +22,16 @@ META_METHODS = ["reverse", "recompute", "first_order", "ufo"]
 
 
 def _cases():
+    # the test tier (conftest.py): with --all-formats every case below runs on
+    # its own format; by default CSR cases run on float32 data (whose rows
+    # multiply in float64 like float64 ones) and dense float32 only where its
+    # own arithmetic (the oracles, reverse mode) is compiled for the CPU anyway
+    from conftest import all_formats, tier_formats
+    CSR = "csr64" if all_formats() else "csr32"
     out = []
     for m in MODELS:
         for h in HYPERS:
-            for f in ORACLE_FORMATS:
+            for f in tier_formats("dense32"):
                 out.append((f"oracles-{m}-{h}-{f}", m, h, f, "oracles", {}))
             for f in ("dense64", CSR):
                 out.append((f"reverse-{m}-{h}-{f}", m, h, f, "reverse", {}))
@@ -70,7 +66,7 @@ def _cases():
         out.append((f"sweep-{m}-{h}-{f}", m, h, f, "sweep", {}))
     # multi-start outer loops in lockstep on the batched kernels
     out.append((f"many-logistic-feature_l2-{CSR}", "logistic", "feature_l2", CSR, "many", {}))
-    for f in ("dense32", "csr32") if ALL_FORMATS else ("csr32",):
+    for f in ("dense32", "csr32") if all_formats() else ("csr32",):
         out.append((f"sweep-multinomial-feature_l2-{f}", "multinomial", "feature_l2", f,
                     "sweep", {}))
     for m, h, f in (("logistic", "sample_weights", "dense64"),
