@@ -27,13 +27,6 @@ DIVERGENCE_GROWTH_MINIBATCH = 1e6
 # ⌈T / MAX_INNER_VALUES⌉-th step beyond it).
 MAX_INNER_VALUES = 100_000
 
-# The step-size estimate (power iteration on XᵀX/n, 50 passes) runs on one
-# thread when the training data holds at most this many stored entries (n·d
-# dense, nonzeros CSR): the same chunks and result bit for bit as the
-# parallel pass, and no parallel kernel to compile for a first call on small
-# data. Above it the passes run in parallel.
-SERIAL_ESTIMATE_ENTRIES = 4 * 1024**2
-
 # Row chunks per parallel pass; 0 means one per Numba thread.
 NCHUNKS = 0
 
@@ -46,10 +39,8 @@ STOCHASTIC_NCHUNKS = 16
 def _reset():
     """Restore the defaults (used by tests that patch this module)."""
     global FASTMATH, MAX_TRAJECTORY_BYTES, NCHUNKS, STOCHASTIC_NCHUNKS, MAX_INNER_VALUES
-    global SERIAL_ESTIMATE_ENTRIES
     FASTMATH = frozenset({"reassoc", "contract", "nsz"})
     MAX_INNER_VALUES = 100_000
     MAX_TRAJECTORY_BYTES = 8 * 1024**3
     NCHUNKS = 0
     STOCHASTIC_NCHUNKS = 16
-    SERIAL_ESTIMATE_ENTRIES = 4 * 1024**2

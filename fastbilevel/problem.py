@@ -3,8 +3,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks, config
-from ._codes import LINEAR
+from . import _checks
 from .backend import CPU, OnDevice
 from .kernels.data import Data
 from ._registry import MAPS, MODELS, HyperParams  # noqa: F401 (HyperParams: public type)
@@ -197,27 +196,30 @@ class BilevelProblem(OnDevice):
 
     # --------------------------------------------------------------- spectrum
     def data_sq_norm(self, iters=50):
-        """Largest eigenvalue of XᵀX/n (power iteration, cached per problem)."""
+        """Largest eigenvalue of XᵀX/n: power iteration from a fixed start
+        (cached per problem), on the host copy of X in its own dtype through
+        BLAS (dense) or SciPy (CSR) products, on any device. No kernel of
+        this package compiles for it, so a first call compiles only the
+        kernels its method runs."""
         if self._data_sq_norm is None:
-            rng = np.random.default_rng(0)
-            V = rng.standard_normal((1, self.d))
-            V /= np.linalg.norm(V)
-            Z = np.zeros_like(V)
-            HV = np.empty_like(V)
-            G = np.empty_like(V)
-            design = self.train._replace(y=np.zeros(self.n))
+            D = self.train
+            if self.sparse:
+                import scipy.sparse as sp
+                X = sp.csr_matrix((D.data, D.indices, D.indptr), shape=(self.n, self.d),
+                                  copy=False)
+                dtype = D.data.dtype
+            else:
+                X, dtype = D.X, D.X.dtype
+            v = np.random.default_rng(0).standard_normal(self.d)
+            v /= np.linalg.norm(v)
             est = 0.0
-            entries = self.train.data.shape[0] if self.sparse else self.n * self.d
-            one_pass = (self.backend.oracle_pass_serial
-                        if entries <= config.SERIAL_ESTIMATE_ENTRIES else self.backend.oracle_pass)
             for _ in range(iters):
-                one_pass(design, np.empty(0), LINEAR, Z, V, False, True, G, HV,
-                         np.empty(0), self.backend.nchunks())
-                est = float(np.vdot(V, HV))
-                nrm = np.linalg.norm(HV)
-                if nrm == 0.0:
+                hv = np.asarray(X.T @ (X @ v.astype(dtype)), dtype=np.float64) / self.n
+                est = float(v @ hv)
+                nrm = float(np.linalg.norm(hv))
+                if not nrm > 0.0:       # XᵀX v = 0 (or an overflow, refused later)
                     break
-                V = HV / nrm
+                v = hv / nrm
             self._data_sq_norm = est
         return self._data_sq_norm
 

@@ -38,3 +38,16 @@ def _ol_assign(dst, src):
         for idx in np.ndindex(dst.shape):
             dst[idx] = src[idx]
     return strided_impl
+
+
+def prange_only():
+    """``parallel=`` options for the kernels' parallel entry points: only
+    their explicit ``prange`` loops become parallel loops. With plain
+    ``parallel=True`` Numba also turns every array expression, ``np.zeros``
+    and slice assignment of the entry point into a parallel loop of its own
+    (on arrays of one weight's size, where threads do not pay), each an
+    outlined function to compile with two wrappers. A new dict per call:
+    Numba empties the one it is given."""
+    return {"prange": True, "comprehension": False, "reduction": False,
+            "inplace_binop": False, "setitem": False, "numpy": False, "stencil": False,
+            "fusion": False}

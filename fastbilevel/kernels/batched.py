@@ -25,7 +25,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import assign
+from ._arrays import assign, prange_only
 from ._rowmath import (INIT, MULTINOMIAL, SAMPLE_WEIGHTS, derivs1, row_coefs,
                        softmax_block, softmax_scratch)
 from .control import STOPPED, report_progress, stop_requested
@@ -388,7 +388,7 @@ def _merge_values(vb, vals):
         vals[b] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def oracle_pass_multi(D, XT, A, model, W, V, want_grad, want_hvp, G, HV, cross, vals,
                       nchunks):
     """:func:`~fastbilevel.kernels.oracle_pass` for B settings in one pass
@@ -495,7 +495,7 @@ def _kill(S, b):
         S[s, b] = 0.0
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=prange_only(), nogil=True)
 def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT, solver,
                        gammas, betas, W0, T, actions, nslots, buf_len, gvals, H, nchunks,
                        ctrl=None):
@@ -674,7 +674,7 @@ def run_schedule_multi(train, trainT, A, DA, model, hyper, RD, PRIOR, val, valT,
     return WT, fvals, status, counts, GF
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=prange_only(), nogil=True)
 def implicit_solve_multi(train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solver, K, tol,
                          etas, alphas, betas, H, nchunks, ctrl=None):
     """``implicit.implicit_solve`` for B settings in lockstep, one shared H·v

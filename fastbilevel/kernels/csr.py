@@ -158,6 +158,14 @@ def _rows_csr1(indptr, indices, data, lo, hi, y, a, model, w, v, want_grad, want
 def rows_csr(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
              want_hvp, inv_n, G, HV, cross):
     """Same contract as ``dense.rows_dense`` for a CSR matrix."""
+    return rows_csr_body(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
+                         want_hvp, inv_n, G, HV, cross)
+
+
+@njit(inline="always")
+def rows_csr_body(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
+                  want_hvp, inv_n, G, HV, cross):
+    """The body of ``rows_csr`` (inlined as ``dense.rows_dense_body``)."""
     c = W.shape[0]
     if c == 1 and (model == LINEAR or model == LOGISTIC):
         w = W[0]

@@ -269,11 +269,10 @@ def _dots_block(X, i, W, Z):
     """Z[r, k] = W[k] · X[i + r] for the 8 rows of the block: classes in
     groups of 5 on each half of the block (4×5 tiles), the rest in pairs."""
     c = W.shape[0]
-    k = 0
-    while k + K5 <= c:
-        _dot4x5(X, i, W, k, Z, 0)
-        _dot4x5(X, i + 4, W, k, Z, 4)
-        k += K5
+    for g in range(c // K5):
+        for h in range(2):      # loop variables, not constants: one specialization
+            _dot4x5(X, i + 4 * h, W, K5 * g, Z, 4 * h)
+    k = K5 * (c // K5)
     while k + 2 <= c:
         _dot8x2(X, i, W[k], W[k + 1], Z, k, Z, k + 1)
         k += 2
@@ -286,11 +285,10 @@ def _axpy_block(X, i, C, A):
     """A[k] += Σ_r C[r, k] X[i + r] for the 8 rows of the block: classes in
     groups of 5 from each half of the block (4×5 tiles), the rest in pairs."""
     c = A.shape[0]
-    k = 0
-    while k + K5 <= c:
-        _axpy4x5(X, i, C, 0, k, A)
-        _axpy4x5(X, i + 4, C, 4, k, A)
-        k += K5
+    for g in range(c // K5):
+        for h in range(2):
+            _axpy4x5(X, i + 4 * h, C, 4 * h, K5 * g, A)
+    k = K5 * (c // K5)
     while k + 2 <= c:
         _axpy8x2(X, i, C, k, k + 1, A)
         k += 2
@@ -369,6 +367,16 @@ def rows_dense(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
     HV += Σ (a_i/n) ℓ''(z_i) u_i ⊗ x_i (if want_hvp); cross[i] = ℓ'(z_i)·u_i / n
     when cross has length n (with or without want_hvp: a J·v pass alone
     skips the HV accumulation)."""
+    return rows_dense_body(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
+                           HV, cross)
+
+
+@njit(inline="always")
+def rows_dense_body(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n, G,
+                    HV, cross):
+    """The body of ``rows_dense``, inlined where a kernel chooses the format
+    itself (``oracles.rows_pass``): a kernel of its own there would be one
+    more compiled module holding all the tiles."""
     c = W.shape[0]
     Z, U, CG, CH, dl, hu, wb, T = _block_scratch(c)
     Wt = _arith(X, W)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._arrays import assign
+from ._arrays import assign, prange_only
 from .control import STOPPED, report_progress, stop_requested
 from .oracles import _pass, reg_hvp_add
 
@@ -35,7 +35,7 @@ def _norm(A):
     return math.sqrt(_dot(A, A))
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=prange_only(), nogil=True)
 def implicit_solve(train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha, beta,
                    nchunks, ctrl=None):
     """Solve H(W) v = b from v0 with at most K solver steps (K + 1 passes).

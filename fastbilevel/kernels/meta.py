@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from ._arrays import assign
+from ._arrays import assign, prange_only
 from .control import stop_requested
 from .dense import _FM, rows_dense
 from .sampling import STREAM_COIN, STREAM_TASKS, coin, draw_rows
@@ -192,7 +192,7 @@ def task_gradient(Xtr, ytr, Xte, yte, model, reg, theta, P, r, alpha, method, fi
     return val, steps
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=prange_only(), nogil=True)
 def meta_gradient(Xtr, ytr, Xte, yte, model, reg, theta, P, r, alpha, method, q,
                   meta_batch, seed, grad, gradP, ctrl):
     """Mean over a meta-batch of the per-task estimates, into ``grad`` (c, m)

@@ -10,10 +10,10 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import assign
+from ._arrays import assign, prange_only
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
-from .csr import csr_row_coefs, csr_scatter_cols, rows_csr, rows_csr_idx
-from .dense import rows_dense, rows_dense_idx
+from .csr import csr_row_coefs, csr_scatter_cols, rows_csr_body, rows_csr_idx
+from .dense import rows_dense_body, rows_dense_idx
 
 _FM = set(config.FASTMATH)
 
@@ -58,6 +58,47 @@ def _merge(gb, hb, vals, want_grad, want_hvp, G, HV):
     return vals.sum()
 
 
+def rows_pass(X, indptr, indices, data, lo, hi, y, a, model, W, V, want_grad, want_hvp,
+              inv_n, G, HV, cross):
+    """``dense.rows_dense`` (``indptr`` None) or ``csr.rows_csr`` (``X``
+    None) over rows lo..hi: the leaf kernel of every full pass (compiled
+    code only). The format is chosen when it compiles, so a specialization
+    holds one format's body, inlined: a call of ``rows_dense`` would be one
+    more compiled module holding every tile."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(rows_pass, jit_options={"cache": True})
+def _ol_rows_pass(X, indptr, indices, data, lo, hi, y, a, model, W, V, want_grad, want_hvp,
+                  inv_n, G, HV, cross):
+    if isinstance(indptr, types.NoneType):
+        def dense_impl(X, indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
+                       want_hvp, inv_n, G, HV, cross):
+            return rows_dense_body(X, lo, hi, y, a, model, W, V, want_grad, want_hvp, inv_n,
+                                   G, HV, cross)
+        return dense_impl
+
+    def csr_impl(X, indptr, indices, data, lo, hi, y, a, model, W, V, want_grad, want_hvp,
+                 inv_n, G, HV, cross):
+        return rows_csr_body(indptr, indices, data, lo, hi, y, a, model, W, V, want_grad,
+                             want_hvp, inv_n, G, HV, cross)
+    return csr_impl
+
+
+def _chunk_bounds(indptr, n, nchunks):
+    """Row boundaries of the chunks: equal rows (dense, ``indptr`` None) or
+    equal nonzeros (CSR)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_chunk_bounds, inline="always")
+def _ol_chunk_bounds(indptr, n, nchunks):
+    if isinstance(indptr, types.NoneType):
+        return lambda indptr, n, nchunks: _row_bounds(n, nchunks)
+    return lambda indptr, n, nchunks: _nnz_bounds(indptr, n, nchunks)
+
+
+@njit(inline="always")
 def _pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
           G, HV, cross, nchunks):
     """Body of :func:`oracle_pass`, inlined into every parallel entry point.
@@ -67,46 +108,20 @@ def _pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
     segfaulted: measured with numba 0.68), so each parallel entry point
     (oracle_pass, run_schedule, forward_mode) inlines this body and its prange
     becomes that entry point's own parallel loop; everything it calls is a
-    serial, cached leaf kernel. The implementation is chosen at typing time
-    from the data layout (``indptr is None``: dense), so a specialization
-    compiles only the format it is called with.
-    """
-    raise NotImplementedError("only callable from compiled code")
-
-
-@overload(_pass, inline="always")
-def _ol_pass(X, indptr, indices, data, y, a, model, W, V, want_grad, want_hvp,
-             G, HV, cross, nchunks):
-    if isinstance(indptr, types.NoneType):
-        def dense_impl(X, indptr, indices, data, y, a, model, W, V, want_grad,
-                       want_hvp, G, HV, cross, nchunks):
-            n = y.shape[0]
-            c, d = W.shape
-            nch = max(1, min(nchunks, n))
-            bounds = _row_bounds(n, nch)
-            gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
-            inv_n = 1.0 / n
-            for t in prange(nch):
-                vals[t] = rows_dense(X, bounds[t], bounds[t + 1], y, a, model,
-                                     W, V, want_grad, want_hvp, inv_n, gb[t],
-                                     hb[t], cross)
-            return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
-        return dense_impl
-
-    def csr_impl(X, indptr, indices, data, y, a, model, W, V, want_grad,
-                 want_hvp, G, HV, cross, nchunks):
-        n = y.shape[0]
-        c, d = W.shape
-        nch = max(1, min(nchunks, n))
-        bounds = _nnz_bounds(indptr, n, nch)
-        gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
-        inv_n = 1.0 / n
-        for t in prange(nch):
-            vals[t] = rows_csr(indptr, indices, data, bounds[t], bounds[t + 1],
-                               y, a, model, W, V, want_grad, want_hvp, inv_n,
-                               gb[t], hb[t], cross)
-        return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
-    return csr_impl
+    serial, cached leaf kernel (``rows_pass``, which holds the format). The
+    body is a plain inlined function, not an overload chosen by type: Numba
+    compiles an inlined overload's body once on its own just to type it, a
+    module holding every tile each time."""
+    n = y.shape[0]
+    c, d = W.shape
+    nch = max(1, min(nchunks, n))
+    bounds = _chunk_bounds(indptr, n, nch)
+    gb, hb, vals = _buffers(nch, c, d, want_grad, want_hvp)
+    inv_n = 1.0 / n
+    for t in prange(nch):
+        vals[t] = rows_pass(X, indptr, indices, data, bounds[t], bounds[t + 1], y, a, model,
+                            W, V, want_grad, want_hvp, inv_n, gb[t], hb[t], cross)
+    return _merge(gb, hb, vals, want_grad, want_hvp, G, HV)
 
 
 @njit(cache=True)
@@ -235,7 +250,7 @@ def csr_batch_chunks(indptr, rows, nchunks):
     return max(1, min(nchunks, nnz // 65536))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def oracle_pass_rows(rows, D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks):
     """:func:`oracle_pass` restricted to the minibatch ``rows`` (sorted int64
     row indices, repeats allowed): the data part is (1/|B|) Σ_{i∈B} a_i ℓ(z_i)
@@ -277,7 +292,7 @@ def _sum_buffers(buf, out):
         out += buf[t]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def oracle_pass(D, a, model, W, V, want_grad, want_hvp, G, HV, cross, nchunks):
     """One parallel pass over the rows of the data ``D``
     (:class:`~fastbilevel.kernels.data.Data`) at the point W (and direction V).

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from .. import config
-from ._arrays import assign
+from ._arrays import assign, prange_only
 from ._rowmath import FEATURE_L2, L2, SAMPLE_WEIGHTS, sigmoid, sigmoid_prime
 from .oracles import (_cross_add_rows, _pass_rows, cross_add, reg_grad_add, reg_hvp_add,
                       reg_value)
@@ -18,7 +18,7 @@ _GROWTH = config.DIVERGENCE_GROWTH_MINIBATCH
 _FM = set(config.FASTMATH)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def stocbio_run(train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S, eta, hsizes,
                 df, dg, replace, seed, h, nchunks):
     """One stocBiO hypergradient estimate (thesis Alg. 4 lines 3-12, Alg. 5).
@@ -176,7 +176,7 @@ def _all_finite(A):
     return True
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior, k0, iters,
              delta, c_tau, c_beta, c_eta, b_inner, b_val, b_cross, replace, seed, lo, hi,
              nchunks):

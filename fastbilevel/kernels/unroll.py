@@ -37,7 +37,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import assign
+from ._arrays import assign, prange_only
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
 from .control import STOPPED, report_progress, stop_requested
 from .csr import _axpy_csr, _dots_csr
@@ -208,7 +208,7 @@ def _ol_rows_at(sampler, n, t, perm, out):
     return impl
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=prange_only(), nogil=True)
 def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, beta, W0, T,
                  actions, nslots, buf_len, gvals, h, nchunks, sampler, ctrl=None):
     """Run an action list (see the module docstring) and return
@@ -312,9 +312,13 @@ def run_schedule(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
                 cr = no_cross
                 rows = _rows_at(sampler, y.shape[0], t, perm, rbuf)
             Dx, Dip, Dix, Dd, Dy = val if is_val else train
-            v = _pass_or_full(rows, is_val, Dx, Dip, Dix, Dd, Dy, no_a if is_val else a, model,
-                              p, V, is_val or not rev, rev and not is_val, out, out, cr,
-                              nchunks)
+            if sampler is None:     # full-batch steps (the branch is pruned by type)
+                v = _pass(Dx, Dip, Dix, Dd, Dy, no_a if is_val else a, model, p, V,
+                          is_val or not rev, rev and not is_val, out, out, cr, nchunks)
+            else:
+                v = _pass_or_full(rows, is_val, Dx, Dip, Dix, Dd, Dy, no_a if is_val else a,
+                                  model, p, V, is_val or not rev, rev and not is_val, out, out,
+                                  cr, nchunks)
             if is_val:
                 fval = v
                 counts[2] += 1
@@ -418,7 +422,7 @@ def _ol_batch_weight(rows, j, inv_n):
     return impl
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, parallel=prange_only(), nogil=True)
 def forward_mode(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, beta, W0, T,
                  gvals, h, nchunks, sampler, ctrl=None):
     """Forward-mode hypergradient (Shaban eq. 7): the tangents Z_t = dS_t/dλ_j,
@@ -453,8 +457,12 @@ def forward_mode(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
         rows = _rows_at(sampler, y.shape[0], t, perm, rbuf)
         for j in range(max(m, 1)):
             Zp = point(solver, Z[j])
-            vj = _pass_rows(rows, X, indptr, indices, data, y, a, model, p, Zp, j == 0,
-                            m > 0, G, HV, no_cross, nchunks)
+            if sampler is None:     # full-batch steps (the branch is pruned by type)
+                vj = _pass(X, indptr, indices, data, y, a, model, p, Zp, j == 0, m > 0, G, HV,
+                           no_cross, nchunks)
+            else:
+                vj = _pass_rows(rows, X, indptr, indices, data, y, a, model, p, Zp, j == 0,
+                                m > 0, G, HV, no_cross, nchunks)
             if j == 0:
                 v = vj
             if m == 0:
