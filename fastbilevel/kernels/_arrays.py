@@ -8,7 +8,7 @@ kernels copy between arrays whose shapes the Python layer has already fixed,
 so :func:`assign` is a plain loop with a constant message.
 """
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
 
@@ -51,3 +51,47 @@ def prange_only():
     return {"prange": True, "comprehension": False, "reduction": False,
             "inplace_binop": False, "setitem": False, "numpy": False, "stencil": False,
             "fusion": False}
+
+
+# Elementwise updates as loops over C-contiguous arrays of one shape. In a
+# parallel entry point an array expression (``v += a * p``) compiles to a
+# subroutine of its own with a temporary; these compile once, allocate
+# nothing, and give the array expression's values bit for bit.
+@njit(cache=True)
+def add_scaled(y, a, x):
+    """y += a·x."""
+    yf = y.reshape(y.size)
+    xf = x.reshape(x.size)
+    for i in range(yf.shape[0]):
+        yf[i] += a * xf[i]
+
+
+@njit(cache=True)
+def scale_into(dst, a, x):
+    """dst = a·x."""
+    df = dst.reshape(dst.size)
+    xf = x.reshape(x.size)
+    for i in range(df.shape[0]):
+        df[i] = a * xf[i]
+
+
+@njit(cache=True)
+def sub_into(dst, x, y):
+    """dst = x − y."""
+    df = dst.reshape(dst.size)
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    for i in range(df.shape[0]):
+        df[i] = xf[i] - yf[i]
+
+
+@njit(cache=True)
+def momentum_step(v, vprev, r, alpha, beta):
+    """(v, vprev) ← (v + α·r + β·(v − vprev), v)."""
+    vf = v.reshape(v.size)
+    pf = vprev.reshape(vprev.size)
+    rf = r.reshape(r.size)
+    for i in range(vf.shape[0]):
+        nxt = vf[i] + alpha * rf[i] + beta * (vf[i] - pf[i])
+        pf[i] = vf[i]
+        vf[i] = nxt

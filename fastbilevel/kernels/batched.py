@@ -25,7 +25,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import assign, prange_only
+from ._arrays import add_scaled, assign, momentum_step, prange_only, sub_into
 from ._rowmath import (INIT, MULTINOMIAL, SAMPLE_WEIGHTS, derivs1, row_coefs,
                        softmax_block, softmax_scratch)
 from .control import STOPPED, report_progress, stop_requested
@@ -734,12 +734,12 @@ def implicit_solve_multi(train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solv
                     continue
                 step = rr[b] / pHp
                 vb = v[b]
-                vb += step * p[b]
+                add_scaled(vb, step, p[b])
                 rb = r[b]
-                rb -= step * Hx[b]
+                add_scaled(rb, -step, Hx[b])
                 rn = _norm(r[b])
             else:
-                assign(r[b], Bv[b] - Hx[b])
+                sub_into(r[b], Bv[b], Hx[b])
                 rn = _norm(r[b])
                 if it == 0:
                     r0[b] = rn
@@ -765,12 +765,9 @@ def implicit_solve_multi(train, trainT, A, DA, model, hyper, RD, W, Bv, V0, solv
                     pb += r[b]
                 rr[b] = rn * rn
             elif solver == NEUMANN:
-                vb = v[b]
-                vb += etas[b] * r[b]
+                add_scaled(v[b], etas[b], r[b])
             else:
-                nxt = v[b] + alphas[b] * r[b] + betas[b] * (v[b] - vprev[b])
-                assign(vprev[b], v[b])
-                assign(v[b], nxt)
+                momentum_step(v[b], vprev[b], r[b], alphas[b], betas[b])
         if nactive == 0:
             break
         it += 1

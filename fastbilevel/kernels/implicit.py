@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ._arrays import assign, prange_only
+from ._arrays import add_scaled, assign, momentum_step, prange_only, sub_into
 from .control import STOPPED, report_progress, stop_requested
 from .oracles import _pass, reg_hvp_add
 
@@ -70,11 +70,11 @@ def implicit_solve(train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha,
             if not pHp > 0.0:
                 return v, math.sqrt(rr), it, NO_CURVATURE
             step = rr / pHp
-            v += step * p
-            r -= step * Hx
+            add_scaled(v, step, p)
+            add_scaled(r, -step, Hx)
             rn = _norm(r)
         else:
-            assign(r, b - Hx)
+            sub_into(r, b, Hx)
             rn = _norm(r)
             if it == 0:
                 r0 = rn
@@ -92,9 +92,7 @@ def implicit_solve(train, a, model, rdiag, W, b, v0, solver, K, tol, eta, alpha,
                 p += r
             rr = rn * rn
         elif solver == NEUMANN:
-            v += eta * r
+            add_scaled(v, eta, r)
         else:
-            nxt = v + alpha * r + beta * (v - vprev)
-            assign(vprev, v)
-            assign(v, nxt)
+            momentum_step(v, vprev, r, alpha, beta)
         it += 1

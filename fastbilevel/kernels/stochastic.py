@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from .. import config
-from ._arrays import assign, prange_only
+from ._arrays import add_scaled, assign, prange_only, scale_into
 from ._rowmath import FEATURE_L2, L2, SAMPLE_WEIGHTS, sigmoid, sigmoid_prime
 from .oracles import (_cross_add_rows, _pass_rows, cross_add, reg_grad_add, reg_hvp_add,
                       reg_value)
@@ -72,7 +72,7 @@ def stocbio_run(train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S, 
             i = Q - (st - D - 1)
             stream, step, b, V, grad = STREAM_HESS, i, hsizes[i - 1], R, False
         else:
-            assign(VQ, eta * acc)
+            scale_into(VQ, eta, acc)
             if not sw:
                 _cross_add_rows(None, hyper, rdiag, da, W, VQ, cross, -1.0, h)
                 break
@@ -88,10 +88,10 @@ def stocbio_run(train, a, da, model, hyper, rdiag, prior, val, W0, D, gamma, S, 
             if not math.isfinite(v) or v - g0 > _GROWTH * (abs(g0) + 1.0):
                 return W, fval, st, counts
             reg_grad_add(rdiag, prior, W, G)
-            W -= gamma * G
+            add_scaled(W, -gamma, G)
         elif st <= D + Q:
             reg_hvp_add(rdiag, R, G)
-            R -= eta * G
+            add_scaled(R, -eta, G)
             acc += R
         else:
             _cross_add_rows(rows, hyper, rdiag, da, W, VQ, cross, -1.0, h)
@@ -241,7 +241,7 @@ def fsla_run(train, model, hyper, reg, val, lam, W, V, dmom, a, da, rdiag, prior
         for sp in range(4):
             if init and sp < 3:
                 if sp == 0:
-                    assign(V, beta * P)        # v_0 = β_0 ∂_ωF + (I − β_0 H) 0
+                    scale_into(V, beta, P)     # v_0 = β_0 ∂_ωF + (I − β_0 H) 0
                 continue
             if sp == 0 and not sw:         # J needs no data for the other maps
                 e_old[:] = 0.0

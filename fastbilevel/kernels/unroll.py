@@ -37,7 +37,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import assign, prange_only
+from ._arrays import add_scaled, assign, prange_only
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
 from .control import STOPPED, report_progress, stop_requested
 from .csr import _axpy_csr, _dots_csr
@@ -378,7 +378,9 @@ def _ol_row_dl_axpy(X, indptr, indices, data, i, yi, model, W, coef, out):
             dl = np.empty(c)
             _dots_dense(X, i, W, z)
             row_derivs(model, yi, z, z, False, dl, dl)
-            _axpy_dense(X, i, coef * dl, out)
+            for k in range(c):
+                dl[k] *= coef
+            _axpy_dense(X, i, dl, out)
         return dense_impl
 
     def csr_impl(X, indptr, indices, data, i, yi, model, W, coef, out):
@@ -387,7 +389,9 @@ def _ol_row_dl_axpy(X, indptr, indices, data, i, yi, model, W, coef, out):
         dl = np.empty(c)
         _dots_csr(indptr, indices, data, i, W, z)
         row_derivs(model, yi, z, z, False, dl, dl)
-        _axpy_csr(indptr, indices, data, i, coef * dl, out)
+        for k in range(c):
+            dl[k] *= coef
+        _axpy_csr(indptr, indices, data, i, dl, out)
     return csr_impl
 
 
@@ -478,7 +482,7 @@ def forward_mode(train, a, da, model, hyper, rdiag, prior, val, solver, gamma, b
                 for k in range(c):
                     HV[k, j] += rdiag[j] * p[k, j]
             elif hyper == L2:
-                HV += rdiag[0] * p
+                add_scaled(HV, rdiag[0], p)
             elif hyper == BIASED_L2:
                 HV[j // d, j % d] -= rdiag[j % d]
             solver_step(solver, gamma, beta, Z[j], HV)
