@@ -164,7 +164,7 @@ def weight_of(a, i, inv_n):
     return a[i] * inv_n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_coefs(model, yi, z, u, wi, inv_n, want_grad, want_hvp, cg, ch, cross, i,
               dl, hu):
     """From the dots z = W x_i, u = V x_i of one row: returns the weighted
