@@ -154,6 +154,47 @@ def test_assign_copies_every_rank_and_refuses_other_shapes():
         copy(np.zeros((3, 4)), np.zeros((4, 3)))
 
 
+def test_elementwise_loops_match_the_array_expressions_bit_for_bit():
+    """The loops that replace array expressions in the parallel entry points
+    give NumPy's elementwise values exactly, on 2-D and 3-D arrays and on
+    the leading slice of a 3-D one."""
+    from fastbilevel.kernels._arrays import add_scaled, momentum_step, scale_into, sub_into
+    rng = np.random.default_rng(3)
+    for shape in [(3, 7), (2, 3, 5)]:
+        x, y, z = (rng.standard_normal(shape) for _ in range(3))
+        a, b = 0.37, -1.9
+        got = y.copy()
+        add_scaled(got, a, x)
+        assert np.array_equal(got, y + a * x)
+        got = np.empty(shape)
+        scale_into(got, a, x)
+        assert np.array_equal(got, a * x)
+        sub_into(got, x, y)
+        assert np.array_equal(got, x - y)
+        v, vprev = x.copy(), y.copy()
+        momentum_step(v, vprev, z, a, b)
+        assert np.array_equal(v, x + a * z + b * (x - y)) and np.array_equal(vprev, x)
+    P = rng.standard_normal((3, 4, 5))
+    keep = P.copy()
+    add_scaled(P[1], 2.0, P[2])
+    assert np.array_equal(P[1], keep[1] + 2.0 * keep[2])
+    assert np.array_equal(P[0], keep[0]) and np.array_equal(P[2], keep[2])
+
+
+def test_bounds_are_searchsorted():
+    """lower_bound / upper_bound against np.searchsorted (both sides) on
+    sorted int32 and int64 arrays with repeats, empty arrays and values
+    outside the range."""
+    from fastbilevel.kernels._arrays import lower_bound, upper_bound
+    rng = np.random.default_rng(4)
+    for _ in range(500):
+        a = np.sort(rng.integers(0, 12, rng.integers(0, 10))).astype(
+            rng.choice([np.int32, np.int64]))
+        v = int(rng.integers(-2, 15))
+        assert lower_bound(a, v) == np.searchsorted(a, v)
+        assert upper_bound(a, v) == np.searchsorted(a, v, side="right")
+
+
 def test_a_renamed_copy_of_the_same_sources_gets_its_own_cache_folder(tmp_path):
     """Numba's cache index pickles the module path of each kernel: a copy of
     the package imported under another name (as ``bench/ab_kernels.py``

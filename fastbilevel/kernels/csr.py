@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit
 
 from .. import config
+from ._arrays import lower_bound
 from ._rowmath import LINEAR, LOGISTIC, derivs1, row_coefs, weight_of
 
 _FM = set(config.FASTMATH)
@@ -229,8 +230,8 @@ def csr_scatter_cols(indptr, indices, data, rows, CG, CH, want_grad, want_hvp, j
         i = rows[k]
         idx = indices[indptr[i]:indptr[i + 1]]
         val = data[indptr[i]:indptr[i + 1]]
-        q0 = np.searchsorted(idx, j0)
-        q1 = np.searchsorted(idx, j1)
+        q0 = lower_bound(idx, j0)
+        q1 = lower_bound(idx, j1)
         for kk in range(c):
             if want_grad:
                 cg = CG[k, kk]

@@ -10,7 +10,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import assign, prange_only
+from ._arrays import assign, lower_bound, prange_only
 from ._rowmath import BIASED_L2, FEATURE_L2, L2, SAMPLE_WEIGHTS
 from .csr import csr_row_coefs, csr_scatter_cols, rows_csr_body, rows_csr_idx
 from .dense import rows_dense_body, rows_dense_idx
@@ -35,7 +35,7 @@ def _nnz_bounds(indptr, n, nchunks):
     b[nchunks] = n
     nnz = indptr[n]
     for t in range(1, nchunks):
-        r = np.searchsorted(indptr, (nnz * t) // nchunks)
+        r = lower_bound(indptr, (nnz * t) // nchunks)
         b[t] = min(max(r, b[t - 1]), n)
     return b
 
@@ -55,7 +55,7 @@ def _merge(gb, hb, vals, want_grad, want_hvp, G, HV):
         _sum_buffers(gb, G)
     if want_hvp:
         _sum_buffers(hb, HV)
-    return vals.sum()
+    return _sum_in_order(vals)
 
 
 def rows_pass(X, indptr, indices, data, lo, hi, y, a, model, W, V, want_grad, want_hvp,

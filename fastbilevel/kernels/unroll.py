@@ -37,7 +37,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .. import config
-from ._arrays import add_scaled, assign, prange_only
+from ._arrays import add_scaled, assign, lower_bound, prange_only, upper_bound
 from ._rowmath import BIASED_L2, FEATURE_L2, INIT, L2, SAMPLE_WEIGHTS, row_derivs
 from .control import STOPPED, report_progress, stop_requested
 from .csr import _axpy_csr, _dots_csr
@@ -420,8 +420,8 @@ def _ol_batch_weight(rows, j, inv_n):
         return lambda rows, j, inv_n: inv_n
 
     def impl(rows, j, inv_n):
-        lo = np.searchsorted(rows, j)
-        hi = np.searchsorted(rows, j, side="right")
+        lo = lower_bound(rows, j)
+        hi = upper_bound(rows, j)
         return (hi - lo) / rows.shape[0]
     return impl
 
