@@ -203,33 +203,17 @@ def _ol_pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
     return csr_impl
 
 
+@njit(inline="always")
 def _pass_or_full(rows, full, X, indptr, indices, data, y, a, model, W, V, want_grad,
                   want_hvp, G, HV, cross, nchunks):
-    """:func:`_pass_rows`, or the full pass over all rows when ``full`` is
-    true. With ``rows`` None (full-batch steps) the two are one inlined
-    pass, so a caller whose training and validation passes both go through
-    one call of this compiles one parallel loop instead of two."""
-    raise NotImplementedError("only callable from compiled code")
-
-
-@overload(_pass_or_full, inline="always")
-def _ol_pass_or_full(rows, full, X, indptr, indices, data, y, a, model, W, V, want_grad,
-                     want_hvp, G, HV, cross, nchunks):
-    if isinstance(rows, types.NoneType):
-        def one_impl(rows, full, X, indptr, indices, data, y, a, model, W, V, want_grad,
-                     want_hvp, G, HV, cross, nchunks):
-            return _pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
-                         want_hvp, G, HV, cross, nchunks)
-        return one_impl
-
-    def two_impl(rows, full, X, indptr, indices, data, y, a, model, W, V, want_grad,
-                 want_hvp, G, HV, cross, nchunks):
-        if full:
-            return _pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
-                         want_hvp, G, HV, cross, nchunks)
-        return _pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
-                          want_hvp, G, HV, cross, nchunks)
-    return two_impl
+    """The passes of minibatch steps: :func:`_pass_rows` over the batch
+    ``rows``, or the full pass over all rows when ``full`` is true (the
+    validation pass). Full-batch steps call :func:`_pass` itself."""
+    if full:
+        return _pass(X, indptr, indices, data, y, a, model, W, V, want_grad,
+                     want_hvp, G, HV, cross, nchunks)
+    return _pass_rows(rows, X, indptr, indices, data, y, a, model, W, V, want_grad,
+                      want_hvp, G, HV, cross, nchunks)
 
 
 @njit(cache=True)
