@@ -202,14 +202,9 @@ class BilevelProblem(OnDevice):
         this package compiles for it, so a first call compiles only the
         kernels its method runs."""
         if self._data_sq_norm is None:
-            D = self.train
-            if self.sparse:
-                import scipy.sparse as sp
-                X = sp.csr_matrix((D.data, D.indices, D.indptr), shape=(self.n, self.d),
-                                  copy=False)
-                dtype = D.data.dtype
-            else:
-                X, dtype = D.X, D.X.dtype
+            from .reference import _matrix      # X itself, or a SciPy CSR view of it
+            X = _matrix(self.train, (self.n, self.d))
+            dtype = X.dtype
             v = np.random.default_rng(0).standard_normal(self.d)
             v /= np.linalg.norm(v)
             est = 0.0
