@@ -111,6 +111,22 @@ def random_lam(prob, seed=1):
     return rng.standard_normal(prob.w_shape)
 
 
+# Modules whose format-parametrized tests each compile a large kernel family
+# per format (the batched sweep kernels, the solver family's driver): with
+# -n, one worker runs all of a module's tests on one format, so that two
+# workers never compile the same kernels at the same time (each worker
+# compiles on its own, and the cache only helps once one has finished).
+FORMAT_GROUPED = ("test_sweep.py", "test_solvers.py")
+
+
+@pytest.hookimpl(tryfirst=True)      # before xdist's worker reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fmt = getattr(item, "callspec", None) and item.callspec.params.get("fmt")
+        if fmt and item.path.name in FORMAT_GROUPED:
+            item.add_marker(pytest.mark.xdist_group(f"{item.path.stem}-{fmt}"))
+
+
 def pytest_generate_tests(metafunc):
     """``combo``: every model × map × format of the tier; a test marked
     ``combo_formats(*formats)`` runs those formats in the default tier too."""
