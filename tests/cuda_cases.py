@@ -399,10 +399,16 @@ def _fix_simulator():
             if failed is None:
                 failed = next((t for t in live if t.exception), None)
                 if failed is not None:       # abort the others at their next syncthreads
+                    given_up = time.monotonic() + 10.0
                     for o in threads:
                         o.abort = True
                         o.syncthreads_blocked = False
                         o.syncthreads_event.set()
+            elif time.monotonic() > given_up:
+                # a thread that never reaches a syncthreads (waiting on the
+                # failed one): leave these threads, the next block gets new ones
+                del pools[self._block_dim]
+                break
             live = [t for t in live if not t.finished]
             if failed is None and live and all(t.syncthreads_blocked for t in live):
                 for t in live:
