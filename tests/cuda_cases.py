@@ -366,8 +366,9 @@ def _fix_simulator():
                 f, args = self.job
                 try:
                     f(*args)
-                except Exception as e:
-                    msg = f"tid={list(self.threadIdx)} ctaid={list(self.blockIdx)}: {e}"
+                except Exception as e:       # the simulator's own message
+                    msg = f"tid={list(self.threadIdx)} ctaid={list(self.blockIdx)}"
+                    msg = f"{msg}: {e}" if str(e) else msg
                     self.exception = (type(e)(msg), sys.exc_info()[2])
                 self.finished = True
 
